@@ -1,0 +1,52 @@
+# Two commands on a fresh Debian 12 machine, as root:
+#   make demo   installs everything, starts the sandbox, sends scripted mail, shows decisions
+#   make test   installs everything and runs ruff, mypy, the import contract and pytest
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= /var/tmp/postwarden-demo
+APT_PACKAGES := postfix libmilter-dev swaks sqlite3 gcc make python3-dev python3-venv
+
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest clean
+
+install: deps-apt venv
+
+# Preseeded "No configuration": the system Postfix stays unconfigured and unstarted; the demo
+# and the tests run their own private instance.
+deps-apt:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/postwarden demo --workdir $(DEMO_DIR)
+
+demo-stop:
+	@if [ -x $(BIN)/postwarden ]; then $(BIN)/postwarden demo --stop --workdir $(DEMO_DIR); \
+	else echo "nothing to stop: the demo was never installed"; fi
+
+test: install lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest -q
+
+clean: demo-stop
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,293 @@
+"""The `postwarden` command (../shared/spec/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from postwarden import __version__
+from postwarden.config import ConfigError, config_path, load_config
+
+EX_OK, EX_FOUND, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
+
+
+def _load(args: argparse.Namespace) -> Any:
+    try:
+        cfg = load_config(config_path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+    return cfg
+
+
+# ---- commands ----------------------------------------------------------------------------------
+
+
+def cmd_milter(args: argparse.Namespace) -> int:
+    from postwarden.milter.daemon import run
+
+    return run(config_path(args.config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = config_path(args.config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        print(f"{len(exc.problems)} problem(s) found")
+        return EX_CONFIG
+    for w in cfg.warnings:
+        print(w)
+    n_keys = sum(len(k) for k in cfg.keys.values())
+    files = sorted(Path(cfg.daemon.policies).glob("*.toml"))
+    print(
+        f"{path}: ok: {len(files)} policy file(s), {len(cfg.policy.domains)} domain(s),"
+        f" {len(cfg.policy.users)} user(s), {n_keys} key(s); policy {cfg.policy.hash}"
+    )
+    return EX_OK
+
+
+def _daemon_status(db_path: str, pid: int) -> tuple[int, int, str] | None:
+    from postwarden.store.db import open_db
+
+    try:
+        db = open_db(db_path, readonly=True)
+        row = db.execute(
+            "SELECT reload_seq, reload_ok, reload_message FROM daemon WHERE pid = ?", [pid]
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    return (int(row[0]), int(row[1]), str(row[2])) if row else None
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    cfg = _load(args)  # a policy the daemon would refuse is refused here first, with its problems
+    pidfile = Path(cfg.daemon.milter.pidfile)
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        print(f"postwarden is not running (no live pid in {pidfile})", file=sys.stderr)
+        return EX_TEMPFAIL
+    before = _daemon_status(cfg.daemon.store.database, pid)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        status = _daemon_status(cfg.daemon.store.database, pid)
+        if status and (before is None or status[0] > before[0]):
+            print(("reloaded: " if status[1] else "refused: ") + status[2])
+            return EX_OK if status[1] else EX_CONFIG
+        time.sleep(0.1)
+    print(f"sent SIGUSR1 to {pid}, but it did not confirm within {args.wait}s", file=sys.stderr)
+    return EX_TEMPFAIL
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from postwarden.store import migrate, open_db
+
+    cfg = _load(args)
+    applied = migrate(open_db(cfg.daemon.store.database))
+    print(
+        f"{cfg.daemon.store.database}: "
+        + (f"applied {', '.join(applied)}" if applied else "up to date")
+    )
+    return EX_OK
+
+
+_REL = re.compile(r"^(\d+)\s*([smhd])$")
+
+
+def parse_since(text: str, now: datetime) -> str:
+    """ "15m", "2h", "7d", or an ISO time (UTC when no zone is given)."""
+    m = _REL.match(text.strip())
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return (now - timedelta(**{unit: int(m.group(1))})).isoformat()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since {text!r}: use 15m, 2h, 7d or an ISO time such as 2026-11-23T10:00"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat()
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    for r in rows:
+        if as_json:
+            print(json.dumps(r, sort_keys=True))
+            continue
+        reasons = ",".join(f"{x['check']}.{x['code']}" for x in r["reasons"]) or "-"
+        print(
+            f"{r['time'][:19].replace('T', ' ')}  {r['queue_id'] or 'NOQUEUE':<12} {r['action']:<10}"
+            f" {r['identity']:<28} {r['header_from'][:32]:<32} {reasons}"
+            + (f"  error={r['error']}" if r["error"] else "")
+        )
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from postwarden.store import queries
+    from postwarden.store.db import open_db
+
+    cfg = _load(args)
+    db_path = cfg.daemon.store.database
+    if not Path(db_path).exists():
+        print(
+            f"{db_path}: no database yet (run `postwarden db migrate` or start the milter)",
+            file=sys.stderr,
+        )
+        return EX_TEMPFAIL
+    db = open_db(db_path, readonly=True)
+    since = parse_since(args.since, datetime.now(UTC)) if args.since else None
+    filters = {"since": since, "sender": args.sender, "action": args.action}
+    rows = queries.decisions(db, limit=args.limit, **filters)
+    if args.json and not args.follow:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return EX_OK
+    if not args.json and not rows and not args.follow:
+        print("no decisions match")
+    _print_rows(rows, args.json)
+    if not args.follow:
+        return EX_OK
+    last = (
+        rows[-1]["id"]
+        if rows
+        else int(db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
+    )
+    try:
+        while True:
+            sys.stdout.flush()
+            time.sleep(0.5)
+            new = queries.decisions(db, after_id=last, limit=None, **filters)
+            if new:
+                _print_rows(new, args.json)
+                last = new[-1]["id"]
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from postwarden import demo
+
+    if args.stop:
+        return demo.stop(Path(args.workdir))
+    return demo.run(Path(args.workdir))
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # usage errors exit 2, as cli.md says
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="postwarden",
+        description="An outbound-mail guard for Postfix. Exit codes: 0 fine, 1 a failure found,"
+        " 2 usage, 75 temporary failure, 78 configuration error.",
+    )
+    p.add_argument("--version", action="version", version=f"postwarden {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="postwarden.toml (default: $POSTWARDEN_CONFIG, else /etc/postwarden/postwarden.toml)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser(
+        "milter",
+        help="run the milter in the foreground",
+        description="Run the milter in the foreground (systemd Type=simple). "
+        "SIGUSR1 reloads the policy; SIGTERM finishes the messages in hand and exits.",
+    )
+    s.set_defaults(fn=cmd_milter)
+
+    s = sub.add_parser(
+        "reload",
+        help="make the running milter re-read its policy",
+        description="Validate the policy, then make the running milter re-read it "
+        "(SIGUSR1) and report whether it was taken. Exit 0 taken, 78 refused, "
+        "75 not running.",
+    )
+    s.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for the daemon (default 10)"
+    )
+    s.set_defaults(fn=cmd_reload)
+
+    s = sub.add_parser(
+        "check-config",
+        help="validate postwarden.toml, policies and key files",
+        description="Validate postwarden.toml, every policy file and every key file; "
+        "print each problem with file and key. Exit 0 valid, 78 invalid.",
+    )
+    s.set_defaults(fn=cmd_check_config)
+
+    s = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
+    dbsub = s.add_subparsers(
+        dest="db_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    m = dbsub.add_parser(
+        "migrate",
+        help="create or upgrade the SQLite schema",
+        description="Create or upgrade the SQLite schema (the daemon also does this on start).",
+    )
+    m.set_defaults(fn=cmd_db_migrate)
+
+    s = sub.add_parser(
+        "log",
+        help="recent decisions, newest last",
+        description="Recent decisions, newest last. --json prints one JSON document "
+        "(with --follow: one JSON object per line).",
+    )
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing new decisions")
+    s.add_argument("--since", metavar="WHEN", help="15m, 2h, 7d, or an ISO time (UTC unless zoned)")
+    s.add_argument(
+        "--sender", metavar="ID", help="identity (sasl:alice@example.com), envelope sender or From"
+    )
+    s.add_argument("--action", choices=["accept", "quarantine", "tempfail", "reject"])
+    s.add_argument("--limit", type=int, default=50, metavar="N", help="at most N rows (default 50)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(fn=cmd_log)
+
+    s = sub.add_parser(
+        "demo",
+        help="the sandbox behind `make demo`",
+        description="Start a private Postfix on 127.0.0.1 with postwarden and a sink, "
+        "send scripted traffic and show the decisions; --stop stops it all.",
+    )
+    s.add_argument("--stop", action="store_true", help="stop every process the demo started")
+    s.add_argument(
+        "--workdir",
+        default="/var/tmp/postwarden-demo",
+        metavar="DIR",
+        help="where the demo keeps its config, queue and sink (default /var/tmp/postwarden-demo)",
+    )
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except BrokenPipeError:
+        return EX_OK

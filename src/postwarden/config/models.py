@@ -1,0 +1,282 @@
+"""Typed models of postwarden.toml and the policy files (../shared/spec/config.md).
+
+Every model forbids unknown keys, so a typo is an error that names the key rather than a
+setting silently ignored. Defaults are the secure ones the spec shows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+Action = Literal["reject", "tempfail", "quarantine", "accept"]
+
+_RATE_RE = re.compile(r"^\s*([1-9][0-9]*)\s*/\s*(second|minute|hour|day)s?\s*$")
+RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$", re.IGNORECASE
+)
+_LOCAL_RE = re.compile(r"^[^\s@<>()\[\],;:\"]+$")
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """ "30/minute" -> (30, 60): a count and a window in seconds."""
+    m = _RATE_RE.match(text)
+    if not m:
+        raise ValueError(
+            f'"{text}" is not a rate: write "N/unit", unit one of second, minute, hour, day'
+        )
+    return int(m.group(1)), RATE_UNITS[m.group(2)]
+
+
+def _rate(text: str) -> str:
+    parse_rate(text)
+    return text
+
+
+def is_domain(text: str) -> bool:
+    return bool(_DOMAIN_RE.match(text))
+
+
+def _domain(text: str) -> str:
+    if not is_domain(text):
+        raise ValueError(f'"{text}" is not a domain name')
+    return text.lower()
+
+
+def _address(text: str) -> str:
+    local, sep, domain = text.rpartition("@")
+    if not sep or not _LOCAL_RE.match(local) or not is_domain(domain):
+        raise ValueError(f'"{text}" is not an address like user@example.com')
+    return text
+
+
+def _send_as(text: str) -> str:
+    """An address, *@domain, *@*.domain or {login}."""
+    if text == "{login}":
+        return text
+    local, sep, domain = text.rpartition("@")
+    if sep and local == "*":
+        if domain.startswith("*.") and is_domain(domain[2:]):
+            return text.lower()
+        if is_domain(domain):
+            return text.lower()
+    if sep and "*" not in text:
+        return _address(text)
+    raise ValueError(
+        f'"{text}" is not a send_as pattern: use an address, *@domain, *@*.domain or {{login}}'
+    )
+
+
+def _outbound(text: str) -> str:
+    kind, _, arg = text.partition(":")
+    if text in ("sasl", "local"):
+        return text
+    if kind == "daemon" and arg:
+        return text
+    if kind == "network" and arg:
+        try:
+            ipaddress.ip_network(arg, strict=False)
+        except ValueError as exc:
+            raise ValueError(f'"{arg}" is not a network: {exc}') from None
+        return text
+    raise ValueError(
+        f'"{text}" is not an outbound rule: use "sasl", "local", "daemon:NAME" or "network:CIDR"'
+    )
+
+
+def _socket(text: str) -> str:
+    if text.startswith("unix:") and len(text) > 5:
+        return text
+    m = re.match(r"^inet6?:(\d+)@\S+$", text)
+    if m and 0 < int(m.group(1)) < 65536:
+        return text
+    raise ValueError(f'"{text}" is not a milter socket: use "unix:/path" or "inet:PORT@HOST"')
+
+
+def _nameserver(text: str) -> str:
+    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f'"{text}" is not a nameserver: write an IP address, optionally ":PORT"'
+        ) from None
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f'"{text}" has a bad port')
+    return text
+
+
+def _ip(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f'"{text}" is not an IP address') from None
+    return text
+
+
+RateSpec = Annotated[str, AfterValidator(_rate)]
+DomainName = Annotated[str, AfterValidator(_domain)]
+Address = Annotated[str, AfterValidator(_address)]
+SendAs = Annotated[str, AfterValidator(_send_as)]
+OutboundRule = Annotated[str, AfterValidator(_outbound)]
+MilterSocket = Annotated[str, AfterValidator(_socket)]
+Nameserver = Annotated[str, AfterValidator(_nameserver)]
+IPAddress = Annotated[str, AfterValidator(_ip)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# ---- postwarden.toml -------------------------------------------------------------------------
+
+
+class MilterSection(Strict):
+    socket: MilterSocket = "unix:/var/spool/postfix/postwarden/postwarden.sock"
+    timeout: int = Field(default=30, gt=0)
+    on_error: Literal["tempfail", "accept"] = "tempfail"
+    outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
+    # Added to the spec: where the daemon records its pid, for `postwarden reload`.
+    pidfile: str = "/run/postwarden/postwarden.pid"
+
+
+class LogSection(Strict):
+    to: Literal["syslog", "stderr"] = "syslog"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class StoreSection(Strict):
+    database: str = "/var/lib/postwarden/postwarden.db"
+    retention_days: int = Field(default=90, gt=0)
+
+
+class PostfixSection(Strict):
+    config_directory: str = "/etc/postfix"
+
+
+class ServerSection(Strict):
+    hostname: str = ""
+    addresses: list[IPAddress] = []
+
+
+class DnsSection(Strict):
+    nameservers: list[Nameserver] = []
+    timeout: float = Field(default=5.0, gt=0)
+
+
+class DaemonConfig(Strict):
+    """postwarden.toml."""
+
+    policies: str = "/etc/postwarden/policies"
+    milter: MilterSection = MilterSection()
+    log: LogSection = LogSection()
+    store: StoreSection = StoreSection()
+    postfix: PostfixSection = PostfixSection()
+    server: ServerSection = ServerSection()
+    dns: DnsSection = DnsSection()
+
+
+# ---- policy files ----------------------------------------------------------------------------
+
+
+class RateOverride(Strict):
+    messages: list[RateSpec] | None = None
+    recipients: list[RateSpec] | None = None
+
+
+class KeyRef(Strict):
+    selector: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    file: str
+    active: bool = True
+
+
+class DomainPolicy(Strict):
+    include_subdomains: bool = False
+    keys: list[KeyRef] = []
+    rate: RateOverride | None = None
+    bulk: bool = False
+
+
+class UserPolicy(Strict):
+    send_as: list[SendAs] | None = None
+    rate: RateOverride | None = None
+    bulk: bool = False
+
+
+class DefaultsSection(Strict):
+    alignment: Literal["relaxed", "strict"] = "relaxed"
+    unknown_from_domain: Action = "reject"
+    send_as: list[SendAs] = ["{login}"]
+
+
+class LocalSection(Strict):
+    send_as: dict[str, list[SendAs]] = {}
+
+
+class HeadersSection(Strict):
+    require: list[str] = ["From", "Date", "Message-ID"]
+    add_missing: list[Literal["Date", "Message-ID"]] = ["Date", "Message-ID"]
+    remove: list[str] = ["X-Originating-IP", "X-PHP-Originating-Script"]
+    wrap_bare_html: bool = True
+    on_violation: Action = "reject"
+
+
+class BulkSection(Strict):
+    recipients: int = Field(default=50, gt=0)
+    require_one_click_unsubscribe: bool = True
+    on_violation: Action = "reject"
+
+
+class RateSection(Strict):
+    messages: list[RateSpec] = ["30/minute", "500/hour", "2000/day"]
+    recipients: list[RateSpec] = ["200/minute", "5000/day"]
+    on_exceed: Literal["tempfail", "quarantine", "reject"] = "quarantine"
+    lock: bool = True
+    notify: list[Address] = []
+
+
+class PolicyFile(Strict):
+    """One policy file; also the merged policy of all of them."""
+
+    defaults: DefaultsSection | None = None
+    domains: dict[DomainName, DomainPolicy] = {}
+    users: dict[str, UserPolicy] = {}
+    local: LocalSection | None = None
+    headers: HeadersSection | None = None
+    bulk: BulkSection | None = None
+    rate: RateSection | None = None
+
+
+SINGLETON_SECTIONS = ("defaults", "local", "headers", "bulk", "rate")
+
+
+class Policy(Strict):
+    """The merged policy of every policy file, with each section filled in, plus the outbound
+    rules from postwarden.toml: everything the engine needs, and nothing it must not touch."""
+
+    defaults: DefaultsSection = DefaultsSection()
+    domains: dict[str, DomainPolicy] = {}
+    users: dict[str, UserPolicy] = {}
+    local: LocalSection = LocalSection()
+    headers: HeadersSection = HeadersSection()
+    bulk: BulkSection = BulkSection()
+    rate: RateSection = RateSection()
+    outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
+    hash: str = ""
+
+    def hosted_domain(self, domain: str) -> str | None:
+        """The [domains] entry that hosts `domain`, honouring include_subdomains, or None."""
+        domain = domain.lower().rstrip(".")
+        if domain in self.domains:
+            return domain
+        labels = domain.split(".")
+        for i in range(1, len(labels) - 1):
+            parent = ".".join(labels[i:])
+            entry = self.domains.get(parent)
+            if entry is not None and entry.include_subdomains:
+                return parent
+        return None

@@ -1,0 +1,251 @@
+"""`postwarden milter`: the daemon.
+
+Signals: libmilter's own signal thread takes SIGHUP and SIGTERM as "stop" and SIGINT as
+"abort". Reload is SIGUSR1, as with OpenDKIM. A Python signal handler would not run while the
+main thread sits in libmilter's C loop, so SIGUSR1 is blocked in every thread and a dedicated
+thread takes it with sigwait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import Milter
+
+from postwarden.config import Config, ConfigError, load_config
+from postwarden.milter import adapter
+from postwarden.milter.runtime import Runtime
+from postwarden.store.writer import Writer
+
+log = logging.getLogger("postwarden")
+
+EX_CONFIG = 78
+EX_TEMPFAIL = 75
+
+
+def setup_logging(to: str, level: str) -> None:
+    root = logging.getLogger("postwarden")
+    root.handlers.clear()
+    root.setLevel(level.upper())
+    root.propagate = False
+    handler: logging.Handler
+    if to == "syslog" and Path("/dev/log").exists():
+        handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_MAIL
+        )
+        handler.setFormatter(logging.Formatter(f"postwarden[{os.getpid()}]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"postwarden[{os.getpid()}]: %(message)s"))
+    root.addHandler(handler)
+    if to == "syslog" and not isinstance(handler, logging.handlers.SysLogHandler):
+        log.warning("[log].to = syslog but /dev/log does not exist: logging to stderr")
+
+
+def _socket_path(spec: str) -> Path | None:
+    return Path(spec[5:]) if spec.startswith("unix:") else None
+
+
+def _prepare_socket_dir(spec: str) -> None:
+    path = _socket_path(spec)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _open_socket_to_postfix(spec: str) -> None:
+    """Only Postfix may reach the socket: group postfix, mode 0660."""
+    path = _socket_path(spec)
+    if path is None or not path.exists():
+        return
+    try:
+        gid = grp.getgrnam("postfix").gr_gid
+    except KeyError:
+        gid = -1
+    with contextlib.suppress(PermissionError):
+        os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.writer = Writer(config.daemon.store.database, config.daemon.store.retention_days)
+        self.runtime = Runtime(config=config, writer=self.writer)
+        self.reload_seq = 0
+
+    # ---- reload --------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        self.reload_seq += 1
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            log.error(
+                "reload refused: %d problem(s); still serving policy %s",
+                len(exc.problems),
+                self.runtime.policy.hash,
+            )
+            self._record_status(False, "\n".join(str(p) for p in exc.problems))
+            return False
+        for w in new.warnings:
+            log.warning("%s", w)
+        restart_needed = [
+            name
+            for name in ("milter", "store", "log")
+            if getattr(new.daemon, name) != getattr(self.config.daemon, name)
+        ]
+        if restart_needed:
+            log.warning(
+                "reload: [%s] changed; those take effect on restart", "], [".join(restart_needed)
+            )
+        # Keep the daemon-level settings in force; swap the policy and keys whole.
+        new = Config(
+            path=self.config.path,
+            daemon=self.config.daemon,
+            policy=new.policy,
+            keys=new.keys,
+            warnings=new.warnings,
+        )
+        self.config = new
+        self.runtime.config = new
+        log.info("reload: policy %s in force", new.policy.hash)
+        self._record_status(True, f"policy {new.policy.hash} in force")
+        return True
+
+    def _record_status(self, ok: bool, message: str) -> None:
+        pid, seq, policy_hash = os.getpid(), self.reload_seq, self.runtime.policy.hash
+        now = datetime.now(UTC).isoformat()
+
+        def op(db):  # type: ignore[no-untyped-def]
+            db.conn.execute(
+                "INSERT INTO daemon (pid, started_at, policy_hash, reload_seq, reload_at, reload_ok,"
+                " reload_message) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(pid) DO UPDATE SET"
+                " policy_hash=excluded.policy_hash, reload_seq=excluded.reload_seq,"
+                " reload_at=excluded.reload_at, reload_ok=excluded.reload_ok,"
+                " reload_message=excluded.reload_message",
+                [pid, now, policy_hash, seq, now, int(ok), message],
+            )
+
+        self.writer.submit(op)
+
+    def _signal_thread(self) -> None:
+        while True:
+            signal.sigwait({signal.SIGUSR1})
+            log.info("SIGUSR1: reloading policy")
+            try:
+                self.reload()
+            except Exception as exc:  # noqa: BLE001  (a failed reload must not kill the daemon)
+                log.error("reload failed unexpectedly: %r; still serving the last good policy", exc)
+
+    # ---- run -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg = self.config.daemon
+        # Block before any thread starts, so every thread inherits the mask: SIGUSR1 is then
+        # taken only by our sigwait thread, and SIGTERM/SIGHUP/SIGINT only by libmilter's,
+        # which stops gracefully. Unblocked, the kernel may hand SIGTERM to the writer thread,
+        # and the default action kills the process with messages in hand.
+        signal.pthread_sigmask(
+            signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+        )
+        self.writer.start()
+        self._record_status(True, f"started with policy {self.runtime.policy.hash}")
+        threading.Thread(target=self._signal_thread, name="postwarden-signals", daemon=True).start()
+        pidfile = Path(cfg.milter.pidfile)
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(f"{os.getpid()}\n")
+
+        adapter.RUNTIME = self.runtime
+        Milter.factory = adapter.PostwardenMilter
+        # Only the action this issue uses; later issues add header and body changes.
+        Milter.set_flags(Milter.QUARANTINE)
+        _prepare_socket_dir(cfg.milter.socket)
+        log.info(
+            "starting on %s with policy %s, database %s",
+            cfg.milter.socket,
+            self.runtime.policy.hash,
+            cfg.store.database,
+        )
+        try:
+            _run_libmilter(cfg.milter.socket, cfg.milter.timeout)
+        except Milter.error as exc:
+            log.error("libmilter could not start on %s: %s", cfg.milter.socket, exc)
+            return EX_TEMPFAIL
+        finally:
+            self._drain(cfg.milter.timeout)
+            self.writer.flush_and_stop()
+            with contextlib.suppress(FileNotFoundError):
+                if pidfile.read_text().strip() == str(os.getpid()):
+                    pidfile.unlink()
+        log.info("stopped")
+        return 0
+
+    def _drain(self, timeout: float) -> None:
+        """libmilter has stopped accepting; let the messages in hand finish."""
+        deadline = time.monotonic() + timeout
+        while self.runtime.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.runtime.in_flight > 0:
+            log.warning(
+                "stopping with %d message(s) unfinished: Postfix tempfails them",
+                self.runtime.in_flight,
+            )
+
+
+def _run_libmilter(socket: str, timeout: int) -> None:
+    """Milter.runmilter, but with a pause between opening the socket and serving on it, to set
+    the socket's owner and mode."""
+    import milter as libmilter  # pymilter's C module
+
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_close_callback(Milter.close_callback)
+    libmilter.setconn(socket)
+    libmilter.settimeout(timeout)
+    libmilter.register(
+        "postwarden",
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+    old_umask = os.umask(0o117)
+    try:
+        libmilter.opensocket(True)
+    finally:
+        os.umask(old_umask)
+    _open_socket_to_postfix(socket)
+    libmilter.main()
+
+
+def run(config_file: Path) -> int:
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"postwarden: refusing to start: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(config.daemon.log.to, config.daemon.log.level)
+    for w in config.warnings:
+        log.warning("%s", w)
+    return Daemon(config).run()

@@ -1,0 +1,92 @@
+"""What every milter connection shares: the policy in force, the writer, the log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from postwarden.config import Config
+from postwarden.config.models import Policy
+from postwarden.policy.model import Facts, Verdict
+from postwarden.store.writer import Writer
+
+log = logging.getLogger("postwarden")
+
+
+@dataclass
+class Runtime:
+    config: Config
+    writer: Writer
+    in_flight: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def policy(self) -> Policy:
+        # One attribute read: a reload swaps `config` whole, so a message sees one policy.
+        return self.config.policy
+
+    def message_started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def message_ended(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def record(self, facts: Facts, verdict: Verdict, when: datetime, duration_ms: float) -> None:
+        headers = {k.lower(): v for k, v in reversed(facts.headers)}
+        row: dict[str, Any] = {
+            "time": when.astimezone(UTC).isoformat(),
+            "hostname": facts.hostname,
+            "queue_id": facts.queue_id,
+            "client_addr": facts.client_addr,
+            "client_name": facts.client_name,
+            "helo": facts.helo,
+            "identity": verdict.identity,
+            "mail_from": facts.mail_from,
+            "rcpts": json.dumps(list(facts.rcpts)),
+            "header_from": headers.get("from", ""),
+            "subject": headers.get("subject", ""),
+            "message_id": headers.get("message-id", ""),
+            "size": facts.size,
+            "outbound": int(verdict.outbound),
+            "action": str(verdict.action),
+            "reasons": json.dumps(
+                [
+                    {"check": r.check, "code": r.code, "action": str(r.action), "text": r.text}
+                    for r in verdict.reasons
+                ]
+            ),
+            "signatures": json.dumps([]),
+            "policy_hash": verdict.policy_hash,
+            "duration_ms": round(duration_ms, 3),
+            "error": verdict.error,
+        }
+        self.writer.insert("decisions", row)
+        log.info(log_line(facts, verdict, duration_ms))
+
+
+def log_line(facts: Facts, verdict: Verdict, duration_ms: float) -> str:
+    """One line per decision, beginning with the queue id as Postfix's and OpenDKIM's do."""
+    parts = [
+        f"{facts.queue_id or 'NOQUEUE'}: {verdict.action}",
+        f"identity={verdict.identity}",
+        f"from=<{verdict.from_address}>",
+        f"mail_from=<{facts.mail_from}>",
+        f"rcpts={len(facts.rcpts)}",
+        f"size={facts.size}",
+    ]
+    if verdict.reasons:
+        parts.append("reasons=" + ",".join(r.key for r in verdict.reasons))
+    parts.append(f"policy={verdict.policy_hash}")
+    parts.append(f"ms={duration_ms:.2f}")
+    reply = verdict.reply()
+    if verdict.error:
+        parts.append(f"error={verdict.error!r}")
+    elif reply:
+        parts.append(f"text={reply[2]!r}")
+    return " ".join(parts)

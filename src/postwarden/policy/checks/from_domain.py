@@ -1,0 +1,38 @@
+"""Header From domain is hosted ([defaults].unknown_from_domain, [domains]).
+
+Config defaults: unknown_from_domain = "reject" (a From domain this server does not host is
+the first mark of a forged or misrouted message).
+
+Reason codes:
+- not_hosted: the header From domain is not one of [domains] (nor a subdomain of one with include_subdomains).
+- unreadable: no single From address could be read (missing, repeated or ambiguous From header).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from postwarden.policy.model import Action, Reason
+from postwarden.policy.registry import register
+
+if TYPE_CHECKING:
+    from postwarden.policy.engine import Context
+
+NAME = "from_domain"
+
+
+@register(NAME, order=20)
+def check(ctx: Context) -> Iterator[Reason]:
+    action = Action.named(ctx.policy.defaults.unknown_from_domain)
+    parsed = ctx.header_from
+    if parsed.problem:
+        yield Reason(NAME, "unreadable", action, f"{parsed.problem}: send with one From address")
+    elif ctx.hosted_domain is None:
+        yield Reason(
+            NAME,
+            "not_hosted",
+            action,
+            f"From <{parsed.address}>: domain {parsed.domain} is not hosted on this server;"
+            " send from one of its domains",
+        )

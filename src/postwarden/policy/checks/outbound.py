@@ -1,0 +1,34 @@
+"""Inbound or outbound ([milter].outbound).
+
+Mail that matches no outbound rule is inbound: it is passed untouched, not signed and not
+counted, and no later check runs, so attaching postwarden to port 25 never judges mail from
+the internet.
+
+Reason codes:
+- inbound: the message matched no [milter].outbound rule and was passed untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from postwarden.policy.model import Action, Reason
+from postwarden.policy.registry import register
+
+if TYPE_CHECKING:
+    from postwarden.policy.engine import Context
+
+NAME = "outbound"
+
+
+@register(NAME, order=10)
+def check(ctx: Context) -> Iterator[Reason]:
+    if ctx.outbound_rule is None:
+        yield Reason(
+            NAME,
+            "inbound",
+            Action.ACCEPT,
+            "inbound mail (matched no [milter].outbound rule): passed untouched",
+            final=True,
+        )

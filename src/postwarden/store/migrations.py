@@ -1,0 +1,98 @@
+"""The schema, as an ordered list of migrations. Append; never edit one that has shipped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _m001_decisions(db: sqlite_utils.Database) -> None:
+    db.table("decisions").create(
+        {
+            "id": int,
+            "time": str,  # ISO 8601 UTC, microseconds: sorts as text
+            "hostname": str,
+            "queue_id": str,
+            "client_addr": str,
+            "client_name": str,
+            "helo": str,
+            "identity": str,
+            "mail_from": str,
+            "rcpts": str,  # JSON list
+            "header_from": str,
+            "subject": str,
+            "message_id": str,
+            "size": int,
+            "outbound": int,
+            "action": str,
+            "reasons": str,  # JSON list of {check, code, action, text}
+            "signatures": str,  # JSON list of {d, s, a}
+            "policy_hash": str,
+            "duration_ms": float,
+            "error": str,
+        },
+        pk="id",
+        not_null={"time", "action"},
+    )
+    for cols in (["time"], ["queue_id"], ["identity", "time"], ["action", "time"]):
+        db.table("decisions").create_index(cols)
+
+
+def _m002_audit(db: sqlite_utils.Database) -> None:
+    db.table("audit").create(
+        {"id": int, "time": str, "actor": str, "action": str, "target": str, "note": str},
+        pk="id",
+        not_null={"time", "actor", "action"},
+    )
+    db.table("audit").create_index(["time"])
+
+
+def _m003_daemon(db: sqlite_utils.Database) -> None:
+    # One row per running daemon pid: how `postwarden reload` learns whether a reload was taken.
+    db.table("daemon").create(
+        {
+            "pid": int,
+            "started_at": str,
+            "policy_hash": str,
+            "reload_seq": int,
+            "reload_at": str,
+            "reload_ok": int,
+            "reload_message": str,
+        },
+        pk="pid",
+    )
+
+
+MIGRATIONS: list[tuple[str, Migration]] = [
+    ("001_decisions", _m001_decisions),
+    ("002_audit", _m002_audit),
+    ("003_daemon", _m003_daemon),
+]
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply every migration not yet applied, each in its own transaction; return their names."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        with db.conn:
+            # Two processes starting at once: the second waits on this lock, then skips.
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone():
+                continue
+            fn(db)
+            db.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                [name, datetime.now(UTC).isoformat()],
+            )
+        applied.append(name)
+    return applied

@@ -1,0 +1,1 @@
+"""The admin TUI (textual): built in its own issue."""
