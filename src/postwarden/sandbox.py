@@ -362,6 +362,19 @@ class Sandbox:
                 out.append(message_from_bytes(path.read_bytes()))
         return out
 
+    def sink_queue_ids(self) -> list[str]:
+        """The Postfix queue id of each delivered message, from Postfix's Received header."""
+        ids = []
+        for msg in self.sink_messages():
+            for received in msg.get_all("Received", []):
+                m = re.search(
+                    r"\(Postfix[^)]*\)\s+(?:with\s+\S+\s+)?id\s+([0-9A-Za-z]+)", str(received)
+                )
+                if m:
+                    ids.append(m.group(1))
+                    break
+        return ids
+
     def wait_for(self, predicate: object, timeout: float = 30, interval: float = 0.1) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

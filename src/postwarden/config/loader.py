@@ -64,6 +64,10 @@ def config_path(explicit: str | None) -> Path:
 def format_key(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
+        if (
+            part == "[key]"
+        ):  # pydantic's marker for "the dict key itself": the path already names it
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:

@@ -1,0 +1,69 @@
+"""A private Postfix with postwarden and a sink, for the end-to-end tests (as root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from postwarden.sandbox import Sandbox
+from postwarden.store import open_db, queries
+from tests.helpers import write_config
+
+# Under /var/tmp: pytest's tmp_path is mode 0700, which the postfix user cannot search.
+E2E_ROOT = Path("/var/tmp/postwarden-tests")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _needs_root_and_postfix() -> None:
+    # Never a silent skip in CI: the end-to-end tests are the proof.
+    if os.geteuid() != 0 or not shutil.which("postfix"):
+        pytest.fail("end-to-end tests need root and Debian's postfix: run `make test`")
+
+
+class Stack:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sandbox = Sandbox(root / "sandbox")
+        self.sandbox.configure()
+        self.config = write_config(root / "etc", socket=self.sandbox.milter_socket)
+        self.db_path = root / "etc" / "postwarden.db"
+
+    def start(self) -> None:
+        self.sandbox.start_sink()
+        self.sandbox.start_postfix()
+        self.sandbox.start_milter(self.config)
+
+    def decisions(self, **kw: object) -> list[dict[str, object]]:
+        if not self.db_path.exists():
+            return []
+        return queries.decisions(open_db(self.db_path, readonly=True), limit=None, **kw)  # type: ignore[arg-type]
+
+    def decision_for(self, queue_id: str, timeout: float = 15) -> dict[str, object]:
+        self.sandbox.wait_for(lambda: self.decisions(queue_id=queue_id), timeout)
+        rows = self.decisions(queue_id=queue_id)
+        assert len(rows) == 1, f"{len(rows)} decision rows for {queue_id}"
+        return rows[0]
+
+    def stop(self) -> None:
+        self.sandbox.stop_all()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    root = E2E_ROOT / uuid.uuid4().hex[:8]
+    s = Stack(root)
+    s.start()
+    yield s
+    s.stop()
+    shutil.rmtree(root, ignore_errors=True)

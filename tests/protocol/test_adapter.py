@@ -1,0 +1,240 @@
+"""The adapter through pymilter's TestCtx: the callbacks libmilter would make, in its order.
+
+TestCtx passes the client address as a string, its quarantine() raises, and it takes a
+NOREPLY answer for a failure; this subclass passes (address, port) as libmilter does, records
+quarantines, and after noting what was negotiated acts as an MTA without no-reply support.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import Milter
+import pytest
+from Milter import testctx
+
+from postwarden.config import load_config
+from postwarden.milter import adapter
+from postwarden.milter.runtime import Runtime
+from postwarden.store import open_db, queries
+from postwarden.store.writer import Writer
+from tests.helpers import message, write_config
+
+
+class Ctx(testctx.TestCtx):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.quarantined: list[str] = []
+
+    def quarantine(self, reason: str) -> None:
+        self.quarantined.append(reason)
+
+    def _negotiate(self) -> int:
+        rc: int = super()._negotiate()
+        self.negotiated = self._protocol
+        no_reply = sum(
+            getattr(Milter, f)
+            for f in (
+                "P_NR_CONN",
+                "P_NR_HELO",
+                "P_NR_MAIL",
+                "P_NR_RCPT",
+                "P_NR_DATA",
+                "P_NR_UNKN",
+                "P_NR_EOH",
+                "P_NR_BODY",
+                "P_NR_HDR",
+            )
+        )
+        self._protocol &= ~no_reply
+        self._priv._protocol = self._protocol
+        return rc
+
+    def connect(self, ip: str = "192.0.2.10", port: int = 40000, helo: str = "client.test") -> int:
+        self._negotiate()
+        self._stage = Milter.M_CONNECT
+        rc = Milter.connect_callback(self, "client.test", 2, (ip, port))
+        self._stage = None
+        return rc if rc != Milter.CONTINUE else self._helo(helo)
+
+    def send(
+        self, msg: bytes, sender: str, *rcpts: str, queue_id: str = "ABC123", login: str = ""
+    ) -> int:
+        self._setsymval("i", queue_id)
+        self._setsymval("{auth_authen}", login or None)
+        return self._feedFile(io.BytesIO(msg), sender, *rcpts)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    cfg = load_config(write_config(tmp_path))
+    writer = Writer(cfg.daemon.store.database, 90)
+    writer.start()
+    rt = Runtime(config=cfg, writer=writer)
+    adapter.RUNTIME = rt
+    Milter.factory = adapter.PostwardenMilter
+    yield rt
+    writer.flush_and_stop()
+
+
+def rows(rt: Runtime) -> list[dict[str, object]]:
+    rt.writer.flush_and_stop()
+    return queries.decisions(open_db(rt.writer.path), limit=None)
+
+
+def test_hosted_from_is_accepted_and_recorded(runtime: Runtime) -> None:
+    ctx = Ctx()
+    assert ctx.connect() == Milter.CONTINUE
+    rc = ctx.send(message(), "alice@example.com", "bob@remote.test", login="alice@example.com")
+    assert rc == Milter.ACCEPT
+    [r] = rows(runtime)
+    assert (r["queue_id"], r["action"], r["identity"]) == (
+        "ABC123",
+        "accept",
+        "sasl:alice@example.com",
+    )
+    assert r["rcpts"] == ["bob@remote.test"] and r["subject"] == "test"
+
+
+def test_unhosted_from_is_rejected_with_its_text(runtime: Runtime) -> None:
+    ctx = Ctx()
+    ctx.connect()
+    rc = ctx.send(
+        message(from_="x@elsewhere.test"),
+        "alice@example.com",
+        "b@r.test",
+        login="alice@example.com",
+    )
+    assert rc == Milter.REJECT
+    assert ctx._reply[:2] == ("550", "5.7.1")
+    assert "domain elsewhere.test is not hosted on this server" in ctx._reply[2]
+    [r] = rows(runtime)
+    assert r["action"] == "reject"
+    assert [x["code"] for x in r["reasons"]] == ["not_hosted"]  # type: ignore[index]
+
+
+def test_percent_in_reply_text_is_escaped_for_libmilter(runtime: Runtime) -> None:
+    ctx = Ctx()
+    ctx.connect()
+    ctx.send(message(from_="x@100%.test"), "a@example.com", "b@r.test", login="a@example.com")
+    assert "%%" in ctx._reply[2] or "%" not in ctx._reply[2]
+
+
+def test_local_submission_is_recognised_by_port_zero(runtime: Runtime) -> None:
+    ctx = Ctx()
+    ctx.connect(ip="127.0.0.1", port=0, helo="localhost")
+    assert ctx.send(message(), "alice@example.com", "b@r.test") == Milter.ACCEPT
+    [r] = rows(runtime)
+    assert r["identity"] == "local:alice@example.com" and r["outbound"] is True
+
+
+def test_inbound_mail_is_passed_and_recorded(runtime: Runtime) -> None:
+    ctx = Ctx()
+    ctx.connect()
+    assert (
+        ctx.send(message(from_="x@elsewhere.test"), "x@elsewhere.test", "alice@example.com")
+        == Milter.ACCEPT
+    )
+    [r] = rows(runtime)
+    assert r["outbound"] is False and r["reasons"][0]["code"] == "inbound"  # type: ignore[index]
+
+
+def test_quarantine_action_holds_the_message(tmp_path: Path, runtime: Runtime) -> None:
+    cfg = load_config(
+        write_config(
+            tmp_path / "q",
+            '[defaults]\nunknown_from_domain = "quarantine"\n[domains."example.com"]\n',
+        )
+    )
+    runtime.config = cfg
+    ctx = Ctx()
+    ctx.connect()
+    rc = ctx.send(
+        message(from_="x@elsewhere.test"), "a@example.com", "b@r.test", login="a@example.com"
+    )
+    assert rc == Milter.ACCEPT
+    assert ctx.quarantined == ["postwarden: from_domain.not_hosted"]
+
+
+def test_a_crash_in_the_engine_tempfails_and_records_an_error(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*a: object) -> None:
+        raise ValueError("engine exploded")
+
+    monkeypatch.setattr(adapter, "evaluate", boom)
+    ctx = Ctx()
+    ctx.connect()
+    rc = ctx.send(message(), "alice@example.com", "b@r.test", login="alice@example.com")
+    assert rc == Milter.TEMPFAIL
+    assert ctx._reply[:2] == ("451", "4.7.1")
+    [r] = rows(runtime)
+    assert r["action"] == "tempfail" and r["error"] == "ValueError: engine exploded"
+    assert r["reasons"][0]["code"] == "error"  # type: ignore[index]
+
+
+def test_a_crash_in_a_gathering_callback_is_remembered_until_eom(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = Ctx()
+    ctx.connect()
+
+    def bad_symval(name: str) -> str:
+        raise RuntimeError("macro table broken")
+
+    monkeypatch.setattr(ctx, "getsymval", bad_symval)
+    # envfrom cannot reply (noreply), so the message goes on and eom applies on_error.
+    rc = ctx.send(message(), "alice@example.com", "b@r.test")
+    assert rc == Milter.TEMPFAIL
+    [r] = rows(runtime)
+    assert "macro table broken" in str(r["error"])
+
+
+def test_on_error_accept_lets_the_message_through(
+    tmp_path: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.config = load_config(write_config(tmp_path / "a", on_error="accept"))
+    monkeypatch.setattr(adapter, "evaluate", lambda *a: 1 / 0)
+    ctx = Ctx()
+    ctx.connect()
+    assert ctx.send(message(), "a@example.com", "b@r.test", login="a@example.com") == Milter.ACCEPT
+    [r] = rows(runtime)
+    assert r["action"] == "accept" and r["error"].startswith("ZeroDivisionError")  # type: ignore[union-attr]
+
+
+def test_negotiation_asks_only_for_what_is_used(runtime: Runtime) -> None:
+    ctx = Ctx()
+    ctx.connect()
+    proto = ctx.negotiated
+    # no reply is awaited for the fact-gathering steps; unknown commands are not sent
+    for flag in (
+        Milter.P_NR_CONN,
+        Milter.P_NR_HELO,
+        Milter.P_NR_MAIL,
+        Milter.P_NR_RCPT,
+        Milter.P_NR_HDR,
+        Milter.P_NR_BODY,
+        Milter.P_NOUNKNOWN,
+    ):
+        assert proto & flag, hex(flag)
+
+
+def test_two_messages_on_one_connection_do_not_share_state(runtime: Runtime) -> None:
+    ctx = Ctx()
+    ctx.connect()
+    ctx.send(
+        message(subject="one"),
+        "a@example.com",
+        "x@r.test",
+        "y@r.test",
+        queue_id="Q1",
+        login="a@example.com",
+    )
+    ctx.send(
+        message(subject="two"), "a@example.com", "z@r.test", queue_id="Q2", login="a@example.com"
+    )
+    r1, r2 = rows(runtime)
+    assert r1["rcpts"] == ["x@r.test", "y@r.test"] and r2["rcpts"] == ["z@r.test"]
+    assert (r1["subject"], r2["subject"]) == ("one", "two")
