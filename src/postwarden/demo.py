@@ -49,22 +49,8 @@ hostname = "mail.sandbox.test"
 addresses = ["127.0.0.1"]
 """
 
-DEMO_POLICY = """\
-# The demo's policy: two hosted domains, one of them with a staged key.
-[defaults]
-alignment = "relaxed"
-unknown_from_domain = "reject"
-send_as = ["{login}"]
-
-[domains."example.com"]
-keys = [
-  { selector = "rsa2026", file = "keys/example.com/rsa2026.key" },
-  { selector = "ed2026",  file = "keys/example.com/ed2026.key" },
-]
-
-[domains."example.net"]
-include_subdomains = true
-"""
+REPO = Path(__file__).resolve().parents[2]
+DEMO_POLICY = REPO / "policies" / "demo.toml"
 
 MESSAGE = (
     "From: {from_}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{mid}@demo.test>\r\n"
@@ -96,11 +82,17 @@ def _write_key(path: Path, algorithm: str) -> None:
 
 
 def write_config(workdir: Path, sandbox: Sandbox) -> Path:
+    """The demo's postwarden.toml and policies/demo.toml under `workdir`/etc, with the key
+    files that policy names (made once, mode 0600). The end-to-end tests use this too."""
+    if not DEMO_POLICY.exists():
+        raise SandboxError(
+            f"{DEMO_POLICY} not found: run the demo from a source checkout (make demo)"
+        )
     etc = workdir / "etc"
     (etc / "policies").mkdir(parents=True, exist_ok=True)
     config = etc / "postwarden.toml"
     config.write_text(DEMO_CONFIG.format(socket=sandbox.socket_path, postfix_dir=sandbox.conf_dir))
-    (etc / "policies" / "10-demo.toml").write_text(DEMO_POLICY)
+    (etc / "policies" / "10-demo.toml").write_text(DEMO_POLICY.read_text())
     _write_key(etc / "policies" / "keys/example.com/rsa2026.key", "rsa")
     _write_key(etc / "policies" / "keys/example.com/ed2026.key", "ed25519")
     return config
@@ -123,7 +115,11 @@ def run(workdir: Path) -> int:
                 file=sys.stderr,
             )
             return 75
-    config = write_config(workdir, sandbox)
+    try:
+        config = write_config(workdir, sandbox)
+    except SandboxError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 78
     db_path = workdir / "etc" / "postwarden.db"
     before = _max_id(db_path)
     try:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from postwarden import demo
 from postwarden.sandbox import Sandbox
 from postwarden.store import open_db, queries
-from tests.helpers import write_config
 
 # Under /var/tmp: pytest's tmp_path is mode 0700, which the postfix user cannot search.
 E2E_ROOT = Path("/var/tmp/postwarden-tests")
@@ -36,7 +36,8 @@ class Stack:
         self.root = root
         self.sandbox = Sandbox(root / "sandbox")
         self.sandbox.configure()
-        self.config = write_config(root / "etc", socket=self.sandbox.milter_socket)
+        # The demo's own config and policies/demo.toml: what the tests prove is what it runs.
+        self.config = demo.write_config(root, self.sandbox)
         self.db_path = root / "etc" / "postwarden.db"
 
     def start(self) -> None:
