@@ -264,3 +264,30 @@ def test_sigterm_stops_cleanly(stack: Stack) -> None:
         login="alice@example.com",
     )
     assert r.code == 250
+
+
+def test_sigterm_finishes_the_message_in_hand(stack: Stack) -> None:
+    """A message between MAIL FROM and its final dot when SIGTERM arrives is still decided."""
+    import smtplib
+
+    sb = stack.sandbox
+    with smtplib.SMTP("127.0.0.1", sb.smtp_port, timeout=30) as s:
+        s.ehlo("client.test")
+        s.docmd("XCLIENT", "LOGIN=alice@example.com")
+        s.ehlo("client.test")
+        s.mail("alice@example.com")
+        s.rcpt("x@remote.test")
+        assert s.docmd("DATA")[0] == 354
+        s.send(message(subject="in hand at SIGTERM").replace(b"\r\n\r\n", b"\r\n\r\n" + b"line\r\n" * 1000))
+        time.sleep(0.5)
+        assert sb.milter_proc is not None
+        sb.milter_proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert sb.milter_proc.poll() is None, "the daemon quit with a message in hand"
+        s.send(b".\r\n")
+        code, text = s.getreply()
+        assert code == 250, text
+    assert sb.milter_proc.wait(30) == 0
+    queue_id = text.decode().rsplit(" ", 1)[-1]
+    assert stack.decision_for(queue_id)["action"] == "accept"
+    sb.start_milter(stack.config)

@@ -1,9 +1,13 @@
 """`postwarden milter`: the daemon.
 
-Signals: libmilter's own signal thread takes SIGHUP and SIGTERM as "stop" and SIGINT as
-"abort". Reload is SIGUSR1, as with OpenDKIM. A Python signal handler would not run while the
-main thread sits in libmilter's C loop, so SIGUSR1 is blocked in every thread and a dedicated
-thread takes it with sigwait.
+Signals. Left to itself, libmilter's signal thread takes SIGHUP and SIGTERM as "stop" and SIGINT
+as "abort", and a Python handler would never run while the main thread sits in libmilter's C
+loop. Worse, pymilter forgets its interpreter the moment smfi_main() returns, so no callback can
+run after libmilter stops: a message in hand would be cut off. So libmilter runs in a thread of
+its own (which blocks those signals), and the main thread keeps them unblocked with Python
+handlers. Linux gives a process-directed signal to the thread-group leader whenever that thread
+accepts it, so the main thread takes every signal. SIGUSR1 reloads, as with OpenDKIM. SIGTERM,
+SIGHUP and SIGINT wait for the messages in hand ([milter].timeout at most), then stop libmilter.
 """
 
 from __future__ import annotations
@@ -141,29 +145,25 @@ class Daemon:
 
         self.writer.submit(op)
 
-    def _signal_thread(self) -> None:
-        while True:
-            signal.sigwait({signal.SIGUSR1})
-            log.info("SIGUSR1: reloading policy")
-            try:
-                self.reload()
-            except Exception as exc:  # noqa: BLE001  (a failed reload must not kill the daemon)
-                log.error("reload failed unexpectedly: %r; still serving the last good policy", exc)
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Only set flags: the main loop acts on them, outside the handler.
+        if signum == signal.SIGUSR1:
+            self._reload_requested = True
+        else:
+            self._stop_requested = signum
 
     # ---- run -----------------------------------------------------------------------------------
 
     def run(self) -> int:
         cfg = self.config.daemon
-        # Block before any thread starts, so every thread inherits the mask: SIGUSR1 is then
-        # taken only by our sigwait thread, and SIGTERM/SIGHUP/SIGINT only by libmilter's,
-        # which stops gracefully. Unblocked, the kernel may hand SIGTERM to the writer thread,
-        # and the default action kills the process with messages in hand.
-        signal.pthread_sigmask(
-            signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
-        )
+        handled = {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+        # Every thread started from here inherits this mask and never takes these signals; the
+        # main thread unblocks them below, once its handlers are in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+        self._reload_requested = False
+        self._stop_requested = 0
         self.writer.start()
         self._record_status(True, f"started with policy {self.runtime.policy.hash}")
-        threading.Thread(target=self._signal_thread, name="postwarden-signals", daemon=True).start()
         pidfile = Path(cfg.milter.pidfile)
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
@@ -180,24 +180,54 @@ class Daemon:
             cfg.store.database,
         )
         try:
-            _run_libmilter(cfg.milter.socket, cfg.milter.timeout)
+            _open_libmilter(cfg.milter.socket, cfg.milter.timeout)
         except Milter.error as exc:
-            log.error("libmilter could not start on %s: %s", cfg.milter.socket, exc)
+            log.error("libmilter could not open %s: %s", cfg.milter.socket, exc)
+            self._shutdown(pidfile)
             return EX_TEMPFAIL
-        finally:
+        failure: list[BaseException] = []
+        serving = threading.Thread(
+            target=_serve_libmilter, args=(failure,), name="libmilter", daemon=True
+        )
+        serving.start()
+        for sig in handled:
+            signal.signal(sig, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
+
+        while not self._stop_requested and serving.is_alive():
+            if self._reload_requested:
+                self._reload_requested = False
+                log.info("SIGUSR1: reloading policy")
+                self.reload()
+            time.sleep(0.05)
+        if self._stop_requested:
+            log.info(
+                "%s: finishing %d message(s) in hand, then stopping",
+                signal.Signals(self._stop_requested).name,
+                self.runtime.in_flight,
+            )
             self._drain(cfg.milter.timeout)
-            self.writer.flush_and_stop()
-            with contextlib.suppress(FileNotFoundError):
-                if pidfile.read_text().strip() == str(os.getpid()):
-                    pidfile.unlink()
+            Milter.stop()
+            serving.join(cfg.milter.timeout)
+        self._shutdown(pidfile)
+        if failure:
+            log.error("libmilter stopped with an error: %s", failure[0])
+            return EX_TEMPFAIL
         log.info("stopped")
         return 0
 
+    def _shutdown(self, pidfile: Path) -> None:
+        self.writer.flush_and_stop()
+        with contextlib.suppress(FileNotFoundError):
+            if pidfile.read_text().strip() == str(os.getpid()):
+                pidfile.unlink()
+
     def _drain(self, timeout: float) -> None:
-        """libmilter has stopped accepting; let the messages in hand finish."""
+        """Wait for the messages in hand. libmilter still accepts while we wait; a message it
+        starts after the last one ends is cut off by the stop, and Postfix tempfails it."""
         deadline = time.monotonic() + timeout
         while self.runtime.in_flight > 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
         if self.runtime.in_flight > 0:
             log.warning(
                 "stopping with %d message(s) unfinished: Postfix tempfails them",
@@ -205,9 +235,8 @@ class Daemon:
             )
 
 
-def _run_libmilter(socket: str, timeout: int) -> None:
-    """Milter.runmilter, but with a pause between opening the socket and serving on it, to set
-    the socket's owner and mode."""
+def _open_libmilter(socket: str, timeout: int) -> None:
+    """Milter.runmilter's set-up, with the socket's owner and mode set before serving."""
     import milter as libmilter  # pymilter's C module
 
     libmilter.set_connect_callback(Milter.connect_callback)
@@ -234,7 +263,13 @@ def _run_libmilter(socket: str, timeout: int) -> None:
     finally:
         os.umask(old_umask)
     _open_socket_to_postfix(socket)
-    libmilter.main()
+
+
+def _serve_libmilter(failure: list[BaseException]) -> None:
+    try:
+        Milter.main()
+    except Milter.error as exc:
+        failure.append(exc)
 
 
 def run(config_file: Path) -> int:
