@@ -153,8 +153,12 @@ def cmd_log(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EX_TEMPFAIL
+    try:
+        since = parse_since(args.since, datetime.now(UTC)) if args.since else None
+    except argparse.ArgumentTypeError as exc:
+        print(f"postwarden log: {exc}", file=sys.stderr)
+        return EX_USAGE
     db = open_db(db_path, readonly=True)
-    since = parse_since(args.since, datetime.now(UTC)) if args.since else None
     filters = {"since": since, "sender": args.sender, "action": args.action}
     rows = queries.decisions(db, limit=args.limit, **filters)
     if args.json and not args.follow:

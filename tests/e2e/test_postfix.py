@@ -278,7 +278,11 @@ def test_sigterm_finishes_the_message_in_hand(stack: Stack) -> None:
         s.mail("alice@example.com")
         s.rcpt("x@remote.test")
         assert s.docmd("DATA")[0] == 354
-        s.send(message(subject="in hand at SIGTERM").replace(b"\r\n\r\n", b"\r\n\r\n" + b"line\r\n" * 1000))
+        s.send(
+            message(subject="in hand at SIGTERM").replace(
+                b"\r\n\r\n", b"\r\n\r\n" + b"line\r\n" * 1000
+            )
+        )
         time.sleep(0.5)
         assert sb.milter_proc is not None
         sb.milter_proc.send_signal(signal.SIGTERM)
