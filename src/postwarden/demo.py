@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -56,6 +57,60 @@ MESSAGE = (
     "From: {from_}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{mid}@demo.test>\r\n"
     "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\n{body}\r\n"
 )
+
+
+@dataclass(frozen=True)
+class Send:
+    label: str
+    header_from: str
+    mail_from: str
+    rcpt: str
+    subject: str
+    login: str = ""  # a SASL login (through XCLIENT); empty: no login
+    via: str = "smtp"  # "smtp" or "sendmail" (sendmail(1), the pickup path)
+
+
+TRAFFIC = [
+    Send(
+        "SASL alice@example.com, From alice@example.com",
+        "Alice <alice@example.com>",
+        "alice@example.com",
+        "bob@remote.test",
+        "hello from a hosted domain",
+        "alice@example.com",
+    ),
+    Send(
+        "SASL news@lists.example.net (include_subdomains)",
+        "News <news@lists.example.net>",
+        "news@lists.example.net",
+        "carol@remote.test",
+        "subdomain of example.net",
+        "news@lists.example.net",
+    ),
+    Send(
+        "SASL alice@example.com, From service@paypal.example",
+        "PayPal <service@paypal.example>",
+        "alice@example.com",
+        "dave@remote.test",
+        "forged sender",
+        "alice@example.com",
+    ),
+    Send(
+        "no SASL (inbound): passed untouched",
+        "Someone <someone@elsewhere.test>",
+        "someone@elsewhere.test",
+        "erin@example.com",
+        "inbound mail",
+    ),
+    Send(
+        "sendmail(1) -f contact@example.com",
+        "Contact form <contact@example.com>",
+        "contact@example.com",
+        "frank@remote.test",
+        "web form via sendmail(1)",
+        via="sendmail",
+    ),
+]
 
 
 def _message(from_: str, to: str, subject: str, n: int) -> bytes:
@@ -138,56 +193,18 @@ def run(workdir: Path) -> int:
         return 75
 
     _say("[3/4] scripted traffic")
-    n = 0
-
-    def show(label: str, result: object) -> None:
-        _say(f"  {label:<58} -> {result}")
-
-    n += 1
-    r = sandbox.smtp_send(
-        _message("Alice <alice@example.com>", "bob@remote.test", "hello from a hosted domain", n),
-        "alice@example.com",
-        ["bob@remote.test"],
-        login="alice@example.com",
-    )
-    show("SASL alice@example.com, From alice@example.com", f"{r.code} {r.text}")
-    n += 1
-    r = sandbox.smtp_send(
-        _message(
-            "News <news@lists.example.net>", "carol@remote.test", "subdomain of example.net", n
-        ),
-        "news@lists.example.net",
-        ["carol@remote.test"],
-        login="news@lists.example.net",
-    )
-    show("SASL news@lists.example.net (include_subdomains)", f"{r.code} {r.text}")
-    n += 1
-    r = sandbox.smtp_send(
-        _message("PayPal <service@paypal.example>", "dave@remote.test", "forged sender", n),
-        "alice@example.com",
-        ["dave@remote.test"],
-        login="alice@example.com",
-    )
-    show("SASL alice@example.com, From service@paypal.example", f"{r.code} {r.text}")
-    n += 1
-    r = sandbox.smtp_send(
-        _message("Someone <someone@elsewhere.test>", "erin@example.com", "inbound mail", n),
-        "someone@elsewhere.test",
-        ["erin@example.com"],
-    )
-    show("no SASL (inbound): passed untouched", f"{r.code} {r.text}")
-    n += 1
-    p = sandbox.sendmail(
-        _message(
-            "Contact form <contact@example.com>", "frank@remote.test", "web form via sendmail(1)", n
-        ),
-        "contact@example.com",
-        ["frank@remote.test"],
-    )
-    show("sendmail(1) -f contact@example.com", f"exit {p.returncode} {p.stderr.decode().strip()}")
+    for n, send in enumerate(TRAFFIC, 1):
+        msg = _message(send.header_from, send.rcpt, send.subject, n)
+        if send.via == "sendmail":
+            p = sandbox.sendmail(msg, send.mail_from, [send.rcpt])
+            result = f"exit {p.returncode} {p.stderr.decode().strip()}".strip()
+        else:
+            r = sandbox.smtp_send(msg, send.mail_from, [send.rcpt], login=send.login or None)
+            result = f"{r.code} {r.text}"
+        _say(f"  {send.label:<58} -> {result}")
     sandbox.kick_pickup()
 
-    expected = n
+    expected = len(TRAFFIC)
     deadline = time.monotonic() + 60
     while _max_id(db_path) - before < expected and time.monotonic() < deadline:
         time.sleep(0.2)
