@@ -18,6 +18,8 @@ import Milter
 
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict, evaluate
+from postwarden.policy.identity import matches_outbound
+from postwarden.signing import RelaxedBodyHasher, Signature, sign
 
 log = logging.getLogger("postwarden")
 
@@ -58,6 +60,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         self.size = 0
         self.error = ""
         self.in_message = False
+        # Outbound mail may be signed: its body is canonicalised and hashed as it arrives.
+        self.body_hasher: RelaxedBodyHasher | None = None
 
     def _fail(self, where: str, exc: BaseException) -> None:
         # Remember the first failure; eom turns it into on_error. A noreply callback cannot.
@@ -111,6 +115,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.runtime.message_started()
             self.mail_from = mailfrom.strip().removeprefix("<").removesuffix(">")
             self.auth_login = self.getsymval("{auth_authen}") or ""
+            if matches_outbound(self._facts(""), self.runtime.policy.outbound):
+                self.body_hasher = RelaxedBodyHasher()
             log.debug("mail from=<%s> auth=%s", self.mail_from, self.auth_login or "-")
         except Exception as exc:  # noqa: BLE001
             self._fail("envfrom", exc)
@@ -136,6 +142,11 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
     @noreply
     def body(self, chunk: bytes) -> int:
         self.size += len(chunk)
+        if self.body_hasher is not None:
+            try:
+                self.body_hasher.update(chunk)
+            except Exception as exc:  # noqa: BLE001  (remembered, tempfailed at eom)
+                self._fail("body", exc)
         return CONTINUE
 
     @nocallback
@@ -149,12 +160,14 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         now = datetime.now(UTC)
         queue_id = ""
         facts = Facts()
+        signatures: list[Signature] = []
         try:
             queue_id = self.getsymval("i") or ""
             facts = self._facts(queue_id)
             if self.error:
                 raise RuntimeError(self.error)
             verdict = evaluate(facts, self.runtime.policy, now)
+            signatures = self._sign(verdict, int(now.timestamp()))
             rc = self._apply(verdict)
         except Exception as exc:  # noqa: BLE001  (the one boundary: any failure -> on_error)
             verdict = self._error_verdict(exc)
@@ -166,7 +179,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             rc = self._apply_error(verdict)
         finally:
             self._end_message()
-        self.runtime.record(facts, verdict, now, (time.perf_counter() - started) * 1000)
+        self.runtime.record(facts, verdict, now, (time.perf_counter() - started) * 1000, signatures)
         return rc
 
     def abort(self) -> int:
@@ -199,6 +212,31 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             headers=tuple(self.headers),
             size=self.size,
         )
+
+    def _sign(self, verdict: Verdict, timestamp: int) -> list[Signature]:
+        """Sign an accepted or quarantined outbound message from a hosted domain with each of
+        the domain's active keys, over the headers as they will leave."""
+        if (
+            not verdict.outbound
+            or not verdict.hosted_domain
+            or verdict.action not in (Action.ACCEPT, Action.QUARANTINE)
+        ):
+            return []
+        keys = [k for k in self.runtime.config.keys.get(verdict.hosted_domain, []) if k.active]
+        if not keys:
+            return []
+        if self.body_hasher is None:
+            raise RuntimeError("outbound message without a body hash")
+        body_hash = self.body_hasher.digest_b64()
+        headers = [
+            (name.encode("ascii", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
+            for name, value in self.headers
+        ]
+        signatures = [sign(headers, body_hash, key, timestamp) for key in keys]
+        for signature in signatures:
+            # Postfix takes LF-folded header values from a milter and writes CRLF itself.
+            self.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
+        return signatures
 
     def _apply(self, verdict: Verdict) -> int:
         reply = verdict.reply()

@@ -170,8 +170,8 @@ class Daemon:
 
         adapter.RUNTIME = self.runtime
         Milter.factory = adapter.PostwardenMilter
-        # Only the action this issue uses; later issues add header and body changes.
-        Milter.set_flags(Milter.QUARANTINE)
+        # Only the actions used: DKIM-Signature headers, and the hold queue.
+        Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS)
         _prepare_socket_dir(cfg.milter.socket)
         log.info(
             "starting on %s with policy %s, database %s",

@@ -12,6 +12,7 @@ from typing import Any
 from postwarden.config import Config
 from postwarden.config.models import Policy
 from postwarden.policy.model import Facts, Verdict
+from postwarden.signing import Signature
 from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
@@ -37,7 +38,14 @@ class Runtime:
         with self._lock:
             self.in_flight -= 1
 
-    def record(self, facts: Facts, verdict: Verdict, when: datetime, duration_ms: float) -> None:
+    def record(
+        self,
+        facts: Facts,
+        verdict: Verdict,
+        when: datetime,
+        duration_ms: float,
+        signatures: list[Signature] | None = None,
+    ) -> None:
         headers = {k.lower(): v for k, v in reversed(facts.headers)}
         row: dict[str, Any] = {
             "time": when.astimezone(UTC).isoformat(),
@@ -61,16 +69,18 @@ class Runtime:
                     for r in verdict.reasons
                 ]
             ),
-            "signatures": json.dumps([]),
+            "signatures": json.dumps([s.record() for s in signatures or []]),
             "policy_hash": verdict.policy_hash,
             "duration_ms": round(duration_ms, 3),
             "error": verdict.error,
         }
         self.writer.insert("decisions", row)
-        log.info(log_line(facts, verdict, duration_ms))
+        log.info(log_line(facts, verdict, duration_ms, signatures or []))
 
 
-def log_line(facts: Facts, verdict: Verdict, duration_ms: float) -> str:
+def log_line(
+    facts: Facts, verdict: Verdict, duration_ms: float, signatures: list[Signature]
+) -> str:
     """One line per decision, beginning with the queue id as Postfix's and OpenDKIM's do."""
     parts = [
         f"{facts.queue_id or 'NOQUEUE'}: {verdict.action}",
@@ -82,6 +92,8 @@ def log_line(facts: Facts, verdict: Verdict, duration_ms: float) -> str:
     ]
     if verdict.reasons:
         parts.append("reasons=" + ",".join(r.key for r in verdict.reasons))
+    if signatures:
+        parts.append("signed=" + ",".join(f"{s.domain}/{s.selector}" for s in signatures))
     parts.append(f"policy={verdict.policy_hash}")
     parts.append(f"ms={duration_ms:.2f}")
     reply = verdict.reply()
