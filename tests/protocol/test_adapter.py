@@ -27,9 +27,13 @@ class Ctx(testctx.TestCtx):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self.quarantined: list[str] = []
+        self.added: list[tuple[str, str, int]] = []
 
     def quarantine(self, reason: str) -> None:
         self.quarantined.append(reason)
+
+    def addheader(self, field: str, value: str, idx: int) -> None:
+        self.added.append((field, value, idx))
 
     def _negotiate(self) -> int:
         rc: int = super()._negotiate()
@@ -238,3 +242,82 @@ def test_two_messages_on_one_connection_do_not_share_state(runtime: Runtime) -> 
     r1, r2 = rows(runtime)
     assert r1["rcpts"] == ["x@r.test", "y@r.test"] and r2["rcpts"] == ["z@r.test"]
     assert (r1["subject"], r2["subject"]) == ("one", "two")
+
+
+SIGNING_POLICY = """
+[domains."example.com"]
+keys = [{ selector = "r", file = "r.key" }, { selector = "e", file = "e.key" },
+        { selector = "old", file = "old.key", active = false }]
+"""
+
+
+@pytest.fixture
+def signing_runtime(tmp_path: Path, runtime: Runtime) -> Runtime:
+    from tests.helpers import write_key
+
+    for name, alg in (("r", "rsa"), ("e", "ed25519"), ("old", "rsa")):
+        write_key(tmp_path / "s" / "policies" / f"{name}.key", algorithm=alg)
+    runtime.config = load_config(write_config(tmp_path / "s", SIGNING_POLICY))
+    return runtime
+
+
+def test_accepted_outbound_mail_gets_one_signature_per_active_key(signing_runtime: Runtime) -> None:
+    ctx = Ctx()
+    ctx.connect()
+    assert (
+        ctx.send(message(), "alice@example.com", "b@r.test", login="alice@example.com")
+        == Milter.ACCEPT
+    )
+    assert [(f, i) for f, _, i in ctx.added] == [("DKIM-Signature", 0), ("DKIM-Signature", 0)]
+    selectors = sorted(v.split(" s=")[1].split(";")[0] for _, v, _ in ctx.added)
+    assert selectors == ["e", "r"]  # the staged key does not sign
+    assert all("\r" not in v for _, v, _ in ctx.added)  # LF folding: Postfix writes the CR
+    [r] = rows(signing_runtime)
+    assert sorted(s["s"] for s in r["signatures"]) == ["e", "r"]  # type: ignore[union-attr]
+
+
+def test_quarantined_mail_is_signed_too_rejected_and_inbound_mail_is_not(
+    signing_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from postwarden.policy import Reason, Verdict
+
+    real_evaluate = adapter.evaluate
+    # A held message from a hosted domain (as a locked sender's will be) is signed, so that a
+    # release sends it out signed.
+    held = Verdict(
+        action=adapter.Action.QUARANTINE,
+        reasons=(Reason("from_domain", "not_hosted", adapter.Action.QUARANTINE, "held"),),
+        hosted_domain="example.com",
+    )
+    monkeypatch.setattr(adapter, "evaluate", lambda *a: held)
+    ctx = Ctx()
+    ctx.connect()
+    ctx.send(message(), "a@example.com", "b@r.test", login="a@example.com")
+    assert ctx.quarantined and len(ctx.added) == 2
+    monkeypatch.setattr(adapter, "evaluate", real_evaluate)
+    ctx.added.clear()
+    assert (
+        ctx.send(
+            message(from_="x@elsewhere.test"), "a@example.com", "b@r.test", login="a@example.com"
+        )
+        == Milter.REJECT
+    )
+    assert ctx.send(message(), "a@example.com", "b@r.test") == Milter.ACCEPT  # no login: inbound
+    assert ctx.added == []
+
+
+def test_a_signing_failure_tempfails(
+    signing_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*a: object) -> None:
+        raise ValueError("key unusable")
+
+    monkeypatch.setattr(adapter, "sign", broken)
+    ctx = Ctx()
+    ctx.connect()
+    assert (
+        ctx.send(message(), "alice@example.com", "b@r.test", login="alice@example.com")
+        == Milter.TEMPFAIL
+    )
+    [r] = rows(signing_runtime)
+    assert r["error"] == "ValueError: key unusable"
