@@ -186,6 +186,45 @@ def cmd_log(args: argparse.Namespace) -> int:
         return EX_OK
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from postwarden import keytools
+
+    bits = args.bits if args.bits is not None else 2048
+    if args.algorithm == "ed25519" and args.bits is not None:
+        print("postwarden keygen: --bits applies to RSA keys only", file=sys.stderr)
+        return EX_USAGE
+    try:
+        key = keytools.generate(args.domain, args.selector, args.algorithm, bits, Path(args.dir))
+    except keytools.KeyToolError as exc:
+        print(f"postwarden keygen: {exc}", file=sys.stderr)
+        return EX_FOUND
+    except PermissionError as exc:
+        print(f"postwarden keygen: {exc.filename}: permission denied", file=sys.stderr)
+        return EX_FOUND
+    if key.warning:
+        print(f"warning: {key.warning}", file=sys.stderr)
+    print(keytools.keygen_output(key))
+    return EX_OK
+
+
+def cmd_import_opendkim(args: argparse.Namespace) -> int:
+    from postwarden import keytools
+
+    try:
+        imported = keytools.import_opendkim(Path(args.conf))
+        keytools.write_policy(imported.toml(args.conf), Path(args.output) if args.output else None)
+    except keytools.KeyToolError as exc:
+        print(f"postwarden import-opendkim: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    for warning in imported.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.output:
+        print(
+            f"wrote {args.output}: {len(imported.domains)} domain(s); run `postwarden check-config`"
+        )
+    return EX_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from postwarden import demo
 
@@ -271,6 +310,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=50, metavar="N", help="at most N rows (default 50)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(fn=cmd_log)
+
+    s = sub.add_parser(
+        "keygen",
+        help="make a DKIM key and print its DNS record",
+        description="Write a new DKIM private key (mode 0600) to DIR/DOMAIN/SELECTOR.key and print "
+        "its TXT record in zone-file form (strings split at 255, as opendkim-genkey does) and "
+        "the policy line to add. Never overwrites a key.",
+    )
+    s.add_argument("domain", metavar="DOMAIN")
+    s.add_argument("--selector", required=True, metavar="S", help="the DKIM selector, e.g. rsa2026")
+    s.add_argument("--algorithm", choices=["rsa", "ed25519"], default="rsa", help="default rsa")
+    s.add_argument(
+        "--bits", type=int, metavar="N", help="RSA key size (default 2048; at least 1024)"
+    )
+    s.add_argument(
+        "--dir",
+        default="/etc/postwarden/keys",
+        metavar="DIR",
+        help="key folder (default /etc/postwarden/keys)",
+    )
+    s.set_defaults(fn=cmd_keygen)
+
+    s = sub.add_parser(
+        "import-opendkim",
+        help="write a [domains] policy from an OpenDKIM configuration",
+        description="Read OpenDKIM's KeyTable and SigningTable (or Domain, Selector and KeyFile) "
+        "and write the equivalent [domains] policy file, keeping the same keys and selectors.",
+    )
+    s.add_argument(
+        "--conf",
+        default="/etc/opendkim.conf",
+        metavar="PATH",
+        help="opendkim.conf (default /etc/opendkim.conf)",
+    )
+    s.add_argument("--output", "-o", metavar="FILE", help="write here (default: standard output)")
+    s.set_defaults(fn=cmd_import_opendkim)
 
     s = sub.add_parser(
         "demo",
