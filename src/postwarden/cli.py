@@ -134,6 +134,8 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
             print(json.dumps(r, sort_keys=True))
             continue
         reasons = ",".join(f"{x['check']}.{x['code']}" for x in r["reasons"]) or "-"
+        if r["signatures"]:
+            reasons += "  signed=" + ",".join(f"{x['d']}/{x['s']}" for x in r["signatures"])
         print(
             f"{r['time'][:19].replace('T', ' ')}  {r['queue_id'] or 'NOQUEUE':<12} {r['action']:<10}"
             f" {r['identity']:<28} {r['header_from'][:32]:<32} {reasons}"

@@ -212,11 +212,15 @@ def run(workdir: Path) -> int:
     _say("[4/4] decisions (postwarden log)")
     db = open_db(db_path, readonly=True)
     rows = queries.decisions(db, after_id=before, limit=None)
-    _say(f"  {'queue id':<12} {'action':<8} {'identity':<32} {'header From':<34} reasons")
+    _say(
+        f"  {'queue id':<12} {'action':<8} {'identity':<30} {'header From':<34} {'reasons':<24} signed"
+    )
     for row in rows:
         reasons = ", ".join(f"{x['check']}.{x['code']}" for x in row["reasons"]) or "-"
+        signed = ", ".join(f"{x['d']}/{x['s']}" for x in row["signatures"]) or "-"
         _say(
-            f"  {row['queue_id']:<12} {row['action']:<8} {row['identity']:<32} {row['header_from'][:34]:<34} {reasons}"
+            f"  {row['queue_id']:<12} {row['action']:<8} {row['identity']:<30}"
+            f" {row['header_from'][:34]:<34} {reasons:<24} {signed}"
         )
     for row in rows:
         for x in row["reasons"]:

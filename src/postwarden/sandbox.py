@@ -134,6 +134,9 @@ class Sandbox:
         postfix_user = pwd.getpwnam("postfix")
         for d in (self.sink_dir, self.root / "data"):
             os.chown(d, postfix_user.pw_uid, postfix_user.pw_gid)
+        for old in self.sink_dir.iterdir():  # a fresh run starts with an empty sink
+            if old.is_file():
+                old.unlink()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.parent.chmod(0o755)
         shutil.copy(DEBIAN_MAIN_CF, self.conf_dir / "main.cf")

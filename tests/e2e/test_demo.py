@@ -26,6 +26,7 @@ def test_demo_shows_accept_and_reject_rows_then_stops_everything() -> None:
         )
         assert "local:contact@example.com" in table  # the sendmail(1) message
         assert "delivered to the sink: 4 message(s)" in out
+        assert "example.com/rsa2026, example.com/ed2026" in table  # signed with both keys
         assert port_in_use(2525)
         # swaks can send to the stack it leaves running
         swaks = subprocess.run(
