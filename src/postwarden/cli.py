@@ -227,6 +227,136 @@ def cmd_import_opendkim(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _db(cfg: Any) -> Any:
+    from postwarden.store import migrate, open_db
+
+    db = open_db(cfg.daemon.store.database)
+    migrate(db)
+    return db
+
+
+def cmd_senders(args: argparse.Namespace) -> int:
+    from postwarden import senders
+
+    cfg = _load(args)
+    rows = senders.statuses(_db(cfg), cfg.policy, datetime.now(UTC), locked_only=args.locked)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True))
+        return EX_OK
+    if not rows:
+        print(
+            "no senders with mail counted in the last day"
+            if not args.locked
+            else "no locked senders"
+        )
+    for r in rows:
+        caps = (
+            "  ".join(
+                f"{c['used']}/{c['limit']} msg per {c['cap'].split('/')[1]}" for c in r.messages
+            )
+            + "  "
+            + "  ".join(
+                f"{c['used']}/{c['limit']} rcpt per {c['cap'].split('/')[1]}" for c in r.recipients
+            )
+        )
+        lock = (
+            f"  LOCKED since {r.locked_at[:19]}Z ({r.lock_cap}, {r.lock_queue_id})"
+            if r.locked
+            else ""
+        )
+        print(f"{r.identity:<36} {caps}{lock}")
+    return EX_OK
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from postwarden import senders
+
+    cfg = _load(args)
+    if senders.unlock(_db(cfg), args.sender, args.note or ""):
+        print(f"unlocked {args.sender}" + (f" ({args.note})" if args.note else ""))
+        print(f"its held mail stays held: postwarden quarantine release --sender {args.sender}")
+        return EX_OK
+    print(f"{args.sender} is not locked", file=sys.stderr)
+    return EX_FOUND
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from postwarden import quarantine as q
+
+    cfg = _load(args)
+    db = _db(cfg)
+    postfix_dir = cfg.daemon.postfix.config_directory
+    try:
+        if args.q_command == "list":
+            items = q.with_decisions(db, q.held(postfix_dir))
+            if args.sender:
+                items = q.by_sender(items, args.sender)
+            shown = q.page(items, args.page, args.per_page)
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "total": len(items),
+                            "page": args.page,
+                            "per_page": args.per_page,
+                            "messages": [m.as_dict() for m in shown],
+                        },
+                        indent=2,
+                        sort_keys=True,
+                    )
+                )
+                return EX_OK
+            now = time.time()
+            for m in shown:
+                age = int(now - m.arrival_time)
+                print(
+                    f"{m.queue_id:<12} {age // 3600:>3}h{age % 3600 // 60:02d}m  {m.identity or m.sender:<30}"
+                    f" {m.header_from[:30]:<30} {','.join(m.recipients)[:30]:<30} {','.join(m.reasons)}"
+                )
+            pages = max(1, -(-len(items) // args.per_page))
+            print(f"{len(items)} held; page {args.page} of {pages}")
+            return EX_OK
+        if args.q_command == "show":
+            print(q.show(postfix_dir, args.queue_id), end="")
+            rows = [
+                r
+                for r in db.execute(
+                    "SELECT time, action, identity, reasons FROM decisions WHERE queue_id = ? ORDER BY id",
+                    [args.queue_id],
+                ).fetchall()
+            ]
+            for when, action, identity, reasons in rows:
+                print(f"\n*** postwarden decision {when}: {action} {identity}")
+                for r in json.loads(reasons or "[]"):
+                    print(f"*** {r['check']}.{r['code']}: {r['text']}")
+            return EX_OK
+        ids = list(args.queue_ids)
+        if args.sender:
+            ids += [
+                m.queue_id
+                for m in q.by_sender(q.with_decisions(db, q.held(postfix_dir)), args.sender)
+            ]
+        if not ids:
+            print("nothing to do: no such held messages", file=sys.stderr)
+            return EX_FOUND
+        outcome = q.act(db, postfix_dir, args.q_command, ids, note=args.note or "")
+    except q.PostfixError as exc:
+        print(f"postwarden quarantine: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    verb = {"release": "released", "delete": "deleted"}[args.q_command]
+    print(
+        f"{verb} {len(outcome.done)} message(s) with {outcome.processes} postsuper call(s)"
+        f" in {outcome.seconds:.2f}s"
+    )
+    if outcome.missing:
+        print(
+            f"not in the hold queue: {' '.join(outcome.missing[:20])}"
+            + (" ..." if len(outcome.missing) > 20 else ""),
+            file=sys.stderr,
+        )
+    return EX_OK if outcome.done else EX_FOUND
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from postwarden import demo
 
@@ -348,6 +478,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--output", "-o", metavar="FILE", help="write here (default: standard output)")
     s.set_defaults(fn=cmd_import_opendkim)
+
+    s = sub.add_parser(
+        "senders",
+        help="sender identities, their counts against their caps, and locks",
+        description="Each sender identity with mail counted in the last day (and every locked "
+        "one): its counts against each cap, locked senders first.",
+    )
+    s.add_argument("--locked", action="store_true", help="only locked senders")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(fn=cmd_senders)
+
+    s = sub.add_parser(
+        "unlock",
+        help="lift a sender's lock",
+        description="Lift a sender's lock, recorded with who and why. Its held mail stays held "
+        "until released.",
+    )
+    s.add_argument("sender", metavar="SENDER", help="the identity, e.g. sasl:alice@example.com")
+    s.add_argument("--note", metavar="TEXT", help="why (kept in the audit log)")
+    s.set_defaults(fn=cmd_unlock)
+
+    s = sub.add_parser(
+        "quarantine",
+        help="held messages: list, show, release, delete",
+        description="The quarantine is Postfix's hold queue ([postfix].config_directory). "
+        "Release is postsuper -H (same queue id, no milter again); delete is postsuper -d. "
+        "Bulk actions run one postsuper per batch; every action is audited.",
+    )
+    qsub = s.add_subparsers(dest="q_command", required=True, metavar="ACTION", parser_class=_Parser)
+    m = qsub.add_parser(
+        "list",
+        help="held messages, oldest first, paged",
+        description="Held messages: queue id, age, sender, From, recipients, reasons.",
+    )
+    m.add_argument("--sender", metavar="ID", help="an identity or envelope sender")
+    m.add_argument("--page", type=int, default=1, metavar="N", help="page number (default 1)")
+    m.add_argument("--per-page", type=int, default=50, metavar="N", help="rows a page (default 50)")
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(fn=cmd_quarantine)
+    m = qsub.add_parser(
+        "show",
+        help="a held message and its decision",
+        description="The held message's headers and body (postcat) with its decision.",
+    )
+    m.add_argument("queue_id", metavar="QUEUE_ID")
+    m.set_defaults(fn=cmd_quarantine)
+    for action, text in (
+        ("release", "send held messages on (postsuper -H)"),
+        ("delete", "delete held messages (postsuper -d)"),
+    ):
+        m = qsub.add_parser(
+            action,
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}, by queue id or by sender; audited.",
+        )
+        m.add_argument("queue_ids", nargs="*", metavar="QUEUE_ID")
+        m.add_argument(
+            "--sender", metavar="ID", help="every held message of this identity or envelope sender"
+        )
+        m.add_argument("--note", metavar="TEXT", help="why (kept in the audit log)")
+        m.set_defaults(fn=cmd_quarantine)
 
     s = sub.add_parser(
         "demo",

@@ -17,8 +17,10 @@ from Milter import testctx
 
 from postwarden.config import load_config
 from postwarden.milter import adapter
+from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
 from postwarden.store import open_db, queries
+from postwarden.store.rates import RateStore
 from postwarden.store.writer import Writer
 from tests.helpers import message, write_config
 
@@ -76,7 +78,13 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
     cfg = load_config(write_config(tmp_path))
     writer = Writer(cfg.daemon.store.database, 90)
     writer.start()
-    rt = Runtime(config=cfg, writer=writer)
+    rt = Runtime(
+        config=cfg,
+        writer=writer,
+        rates=RateStore(cfg.daemon.store.database),
+        notifier=Notifier("/nonexistent", [], "test", "secret"),
+        notice_secret="secret",
+    )
     adapter.RUNTIME = rt
     Milter.factory = adapter.PostwardenMilter
     yield rt

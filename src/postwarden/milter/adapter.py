@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 import Milter
 
+from postwarden.milter.notify import NOTICE_HEADER, LockEvent, is_notice
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict, evaluate
-from postwarden.policy.identity import matches_outbound
+from postwarden.policy.identity import identity, matches_outbound
 from postwarden.signing import RelaxedBodyHasher, Signature, sign
 
 log = logging.getLogger("postwarden")
@@ -166,7 +167,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             facts = self._facts(queue_id)
             if self.error:
                 raise RuntimeError(self.error)
-            verdict = evaluate(facts, self.runtime.policy, now)
+            verdict = self._decide(facts, now)
             signatures = self._sign(verdict, int(now.timestamp()))
             rc = self._apply(verdict)
         except Exception as exc:  # noqa: BLE001  (the one boundary: any failure -> on_error)
@@ -197,7 +198,17 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.runtime.message_ended()
 
     def _facts(self, queue_id: str) -> Facts:
+        notice = ""
+        message_id = ""
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == NOTICE_HEADER.lower():
+                notice = value
+            elif lname == "message-id":
+                message_id = value
+        local = bool(self.conn.get("local"))
         return Facts(
+            system_notice=local and is_notice(self.runtime.notice_secret, message_id, notice),
             queue_id=queue_id,
             hostname=self.conn.get("hostname", ""),
             client_addr=self.conn.get("client_addr", ""),
@@ -212,6 +223,26 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             headers=tuple(self.headers),
             size=self.size,
         )
+
+    def _decide(self, facts: Facts, now: datetime) -> Verdict:
+        policy = self.runtime.policy
+        if facts.system_notice or not matches_outbound(facts, policy.outbound):
+            return evaluate(facts, policy, now)
+        # Read the sender's counts, decide and record in one transaction: exact windows.
+        who = identity(facts)
+        with self.runtime.rates.transaction(who, policy.rate_windows(), now) as tx:
+            verdict = evaluate(facts, policy, now, tx.state)
+            if verdict.count:
+                tx.count(len(facts.rcpts), facts.queue_id)
+            if verdict.lock_cap and tx.state.lock is None:
+                tx.lock(verdict.lock_cap, facts.queue_id)
+                locked = LockEvent(who, verdict.lock_cap, facts.queue_id, now.isoformat())
+            else:
+                locked = None
+        if locked is not None:
+            log.warning("%s: %s locked: it broke its cap of %s", facts.queue_id, who, locked.cap)
+            self.runtime.notifier.locked(locked)
+        return verdict
 
     def _sign(self, verdict: Verdict, timestamp: int) -> list[Signature]:
         """Sign an accepted or quarantined outbound message from a hosted domain with each of

@@ -18,6 +18,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,13 +29,17 @@ import Milter
 
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.milter import adapter
+from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
+from postwarden.store.db import open_db
+from postwarden.store.rates import RateStore
 from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
 
 EX_CONFIG = 78
 EX_TEMPFAIL = 75
+HANDLED_SIGNALS = {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 
 
 def setup_logging(to: str, level: str) -> None:
@@ -54,6 +59,11 @@ def setup_logging(to: str, level: str) -> None:
     root.addHandler(handler)
     if to == "syslog" and not isinstance(handler, logging.handlers.SysLogHandler):
         log.warning("[log].to = syslog but /dev/log does not exist: logging to stderr")
+
+
+def notice_secret(database: str) -> str:
+    row = open_db(database).execute("SELECT value FROM secrets WHERE name = 'notice'").fetchone()
+    return str(row[0]) if row else ""
 
 
 def _socket_path(spec: str) -> Path | None:
@@ -83,9 +93,25 @@ def _open_socket_to_postfix(spec: str) -> None:
 
 class Daemon:
     def __init__(self, config: Config) -> None:
+        # Before any thread starts: every thread inherits the mask and never takes these
+        # signals; run() unblocks them in the main thread alone, once its handlers are set.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.config = config
         self.writer = Writer(config.daemon.store.database, config.daemon.store.retention_days)
-        self.runtime = Runtime(config=config, writer=self.writer)
+        self.writer.start()  # migrates: the tables and the notice key exist from here on
+        secret = notice_secret(config.daemon.store.database)
+        self.runtime = Runtime(
+            config=config,
+            writer=self.writer,
+            rates=RateStore(config.daemon.store.database),
+            notifier=Notifier(
+                config.daemon.postfix.config_directory,
+                config.policy.rate.notify,
+                config.daemon.server.hostname or socket.getfqdn(),
+                secret,
+            ),
+            notice_secret=secret,
+        )
         self.reload_seq = 0
 
     # ---- reload --------------------------------------------------------------------------------
@@ -125,6 +151,7 @@ class Daemon:
         )
         self.config = new
         self.runtime.config = new
+        self.runtime.notifier.recipients = new.policy.rate.notify
         log.info("reload: policy %s in force", new.policy.hash)
         self._record_status(True, f"policy {new.policy.hash} in force")
         return True
@@ -156,13 +183,9 @@ class Daemon:
 
     def run(self) -> int:
         cfg = self.config.daemon
-        handled = {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
-        # Every thread started from here inherits this mask and never takes these signals; the
-        # main thread unblocks them below, once its handlers are in place.
-        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+        handled = HANDLED_SIGNALS
         self._reload_requested = False
         self._stop_requested = 0
-        self.writer.start()
         self._record_status(True, f"started with policy {self.runtime.policy.hash}")
         pidfile = Path(cfg.milter.pidfile)
         pidfile.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,10 @@ from typing import Any
 
 from postwarden.config import Config
 from postwarden.config.models import Policy
+from postwarden.milter.notify import Notifier
 from postwarden.policy.model import Facts, Verdict
 from postwarden.signing import Signature
+from postwarden.store.rates import RateStore
 from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
@@ -22,6 +24,9 @@ log = logging.getLogger("postwarden")
 class Runtime:
     config: Config
     writer: Writer
+    rates: RateStore
+    notifier: Notifier
+    notice_secret: str = ""
     in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

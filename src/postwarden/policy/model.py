@@ -41,10 +41,35 @@ class Facts:
     rcpts: tuple[str, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     size: int = 0  # header and body octets as the milter saw them
+    # postwarden's own notice (a lock alert), proven by its HMAC header: never counted or held.
+    system_notice: bool = False
 
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
         return [v for k, v in self.headers if k.lower() == lname]
+
+
+@dataclass(frozen=True)
+class Lock:
+    identity: str
+    locked_at: str  # ISO time
+    cap: str  # which cap broke, e.g. "messages 20/minute"
+    queue_id: str  # the message that broke it
+
+
+@dataclass(frozen=True)
+class RateState:
+    """What the store knows of one sender, read in the same transaction that will record the
+    message: its lock, and per window (seconds) the messages and recipients already counted."""
+
+    lock: Lock | None = None
+    counts: tuple[tuple[int, int, int], ...] = ()  # (window, messages, recipients)
+
+    def in_window(self, window: int) -> tuple[int, int]:
+        for w, messages, recipients in self.counts:
+            if w == window:
+                return messages, recipients
+        return 0, 0
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,7 @@ class Reason:
     action: Action
     text: str  # a sentence telling the sender what is wrong and what to do
     final: bool = False  # no later check runs (mail that is not ours to judge)
+    detail: str = ""  # a value for the adapter, e.g. the cap that broke ("messages 20/minute")
 
     @property
     def key(self) -> str:
@@ -71,6 +97,10 @@ class Verdict:
     hosted_domain: str = ""  # the [domains] entry whose keys sign this message
     policy_hash: str = ""
     error: str = ""
+    # Rate effects the adapter records in the same transaction as the read: count this message
+    # against `identity`, and lock it (the cap that broke) when `lock_cap` is set.
+    count: bool = False
+    lock_cap: str = ""
 
     def deciding_reasons(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.action == self.action)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -67,10 +68,27 @@ def _m003_daemon(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m004_rate(db: sqlite_utils.Database) -> None:
+    # One row per counted message; exact sliding windows are counts over `time`.
+    db.table("rate_events").create(
+        {"id": int, "identity": str, "time": float, "rcpts": int, "queue_id": str},
+        pk="id",
+        not_null={"identity", "time", "rcpts"},
+    )
+    db.table("rate_events").create_index(["identity", "time"])
+    db.table("locks").create(
+        {"identity": str, "locked_at": str, "cap": str, "queue_id": str}, pk="identity"
+    )
+    # The key that proves a lock notice is postwarden's own (shared by every process).
+    db.table("secrets").create({"name": str, "value": str}, pk="name")
+    db.table("secrets").insert({"name": "notice", "value": secrets.token_hex(32)})
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_decisions", _m001_decisions),
     ("002_audit", _m002_audit),
     ("003_daemon", _m003_daemon),
+    ("004_rate", _m004_rate),
 ]
 
 

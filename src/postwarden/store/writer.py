@@ -20,6 +20,7 @@ import sqlite_utils
 
 from postwarden.store.db import open_db
 from postwarden.store.migrations import migrate
+from postwarden.store.rates import KEEP_EVENTS_S
 
 log = logging.getLogger("postwarden.store")
 
@@ -44,7 +45,11 @@ def prune(db: sqlite_utils.Database, retention_days: int, now: datetime) -> int:
             )
         total += cur.rowcount
         if cur.rowcount < PRUNE_CHUNK:
-            return total
+            break
+    # Counted messages older than the longest window (a day) no longer count.
+    with db.conn:
+        db.execute("DELETE FROM rate_events WHERE time < ?", [now.timestamp() - KEEP_EVENTS_S])
+    return total
 
 
 class Writer:

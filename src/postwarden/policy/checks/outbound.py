@@ -6,6 +6,7 @@ the internet.
 
 Reason codes:
 - inbound: the message matched no [milter].outbound rule and was passed untouched.
+- notice: postwarden's own notice (a lock alert, proven by its HMAC header): passed, never counted or held.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ NAME = "outbound"
 
 @register(NAME, order=10)
 def check(ctx: Context) -> Iterator[Reason]:
+    if ctx.facts.system_notice:
+        yield Reason(NAME, "notice", Action.ACCEPT, "postwarden's own notice: passed", final=True)
+        return
     if ctx.outbound_rule is None:
         yield Reason(
             NAME,
