@@ -8,6 +8,7 @@ decisions shown as a table. The stack keeps running until `postwarden demo --sto
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class Send:
     subject: str
     login: str = ""  # a SASL login (through XCLIENT); empty: no login
     via: str = "smtp"  # "smtp" or "sendmail" (sendmail(1), the pickup path)
+    count: int = 1  # how many times in a row
 
 
 TRAFFIC = [
@@ -101,6 +103,15 @@ TRAFFIC = [
         "someone@elsewhere.test",
         "erin@example.com",
         "inbound mail",
+    ),
+    Send(
+        "SASL mallory@example.com (cap 5/minute) sends 7 in a row",
+        "Mallory <mallory@example.com>",
+        "mallory@example.com",
+        "victim@remote.test",
+        "cheap pills",
+        "mallory@example.com",
+        count=7,
     ),
     Send(
         "sendmail(1) -f contact@example.com",
@@ -163,6 +174,11 @@ def run(workdir: Path) -> int:
     stopped = sandbox.stop_all()
     if stopped:
         _say(f"stopped the previous demo ({', '.join(stopped)})")
+    # Each run tells the same story: the demo's own queue and database start empty (its keys
+    # are kept). Nothing outside the work folder is touched.
+    shutil.rmtree(sandbox.queue_dir, ignore_errors=True)
+    for name in ("postwarden.db", "postwarden.db-wal", "postwarden.db-shm"):
+        (workdir / "etc" / name).unlink(missing_ok=True)
     for port in (SMTP_PORT, SINK_PORT):
         if port_in_use(port):
             print(
@@ -193,18 +209,23 @@ def run(workdir: Path) -> int:
         return 75
 
     _say("[3/4] scripted traffic")
-    for n, send in enumerate(TRAFFIC, 1):
-        msg = _message(send.header_from, send.rcpt, send.subject, n)
-        if send.via == "sendmail":
-            p = sandbox.sendmail(msg, send.mail_from, [send.rcpt])
-            result = f"exit {p.returncode} {p.stderr.decode().strip()}".strip()
-        else:
-            r = sandbox.smtp_send(msg, send.mail_from, [send.rcpt], login=send.login or None)
-            result = f"{r.code} {r.text}"
-        _say(f"  {send.label:<58} -> {result}")
+    n = 0
+    for send in TRAFFIC:
+        results = []
+        for _ in range(send.count):
+            n += 1
+            msg = _message(send.header_from, send.rcpt, send.subject, n)
+            if send.via == "sendmail":
+                p = sandbox.sendmail(msg, send.mail_from, [send.rcpt])
+                results.append(f"exit {p.returncode} {p.stderr.decode().strip()}".strip())
+            else:
+                r = sandbox.smtp_send(msg, send.mail_from, [send.rcpt], login=send.login or None)
+                results.append(f"{r.code} {r.text}")
+        shown = results[0] if len(set(r.split(": queued")[0] for r in results)) == 1 else results
+        _say(f"  {send.label:<58} -> {shown}" + (f" (x{send.count})" if send.count > 1 else ""))
     sandbox.kick_pickup()
 
-    expected = len(TRAFFIC)
+    expected = n + 1  # and the lock notice
     deadline = time.monotonic() + 60
     while _max_id(db_path) - before < expected and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -213,28 +234,33 @@ def run(workdir: Path) -> int:
     db = open_db(db_path, readonly=True)
     rows = queries.decisions(db, after_id=before, limit=None)
     _say(
-        f"  {'queue id':<12} {'action':<8} {'identity':<30} {'header From':<34} {'reasons':<24} signed"
+        f"  {'queue id':<12} {'action':<10} {'identity':<30} {'header From':<34} {'reasons':<24} signed"
     )
     for row in rows:
         reasons = ", ".join(f"{x['check']}.{x['code']}" for x in row["reasons"]) or "-"
         signed = ", ".join(f"{x['d']}/{x['s']}" for x in row["signatures"]) or "-"
         _say(
-            f"  {row['queue_id']:<12} {row['action']:<8} {row['identity']:<30}"
+            f"  {row['queue_id']:<12} {row['action']:<10} {row['identity']:<30}"
             f" {row['header_from'][:34]:<34} {reasons:<24} {signed}"
         )
     for row in rows:
         for x in row["reasons"]:
             if x["action"] == "reject":
                 _say(f"  {row['queue_id']}: 550 5.7.1 {x['text']}")
-    sandbox.wait_for(lambda: len(sandbox.sink_messages()) >= 4, timeout=20)
+    sandbox.wait_for(lambda: len(sandbox.sink_messages()) >= 10, timeout=30)
+    held = [q for q in sandbox.queue() if q.get("queue_name") == "hold"]
     _say(
         f"  delivered to the sink: {len(sandbox.sink_messages())} message(s) in {sandbox.sink_dir}"
+        f" (one is the lock notice to postmaster@example.net)\n"
+        f"  held in Postfix's hold queue: {len(held)} message(s)"
     )
     _say(
         "\nThe stack is still running. Send to it, for example:\n"
         f"  swaks --server 127.0.0.1:{SMTP_PORT} --xclient-login alice@example.com \\\n"
         "        --from alice@example.com --to bob@remote.test --header 'From: alice@example.com'\n"
         f"See decisions:  .venv/bin/postwarden --config {config} log\n"
+        f"The lock:       .venv/bin/postwarden --config {config} senders\n"
+        f"Held mail:      .venv/bin/postwarden --config {config} quarantine list\n"
         "Stop it all:    make demo-stop"
     )
     if len(rows) < expected:

@@ -25,7 +25,9 @@ def test_demo_shows_accept_and_reject_rows_then_stops_everything() -> None:
             "550 5.7.1 From <service@paypal.example>: domain paypal.example is not hosted" in table
         )
         assert "local:contact@example.com" in table  # the sendmail(1) message
-        assert "delivered to the sink: 4 message(s)" in out
+        assert "delivered to the sink: 10 message(s)" in out  # 9 accepted and the lock notice
+        assert "held in Postfix's hold queue: 2 message(s)" in out
+        assert "rate.exceeded, rate.locked_now" in table and "outbound.notice" in table
         assert "example.com/rsa2026, example.com/ed2026" in table  # signed with both keys
         assert port_in_use(2525)
         # swaks can send to the stack it leaves running
@@ -53,6 +55,9 @@ def test_demo_shows_accept_and_reject_rows_then_stops_everything() -> None:
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
         assert second.returncode == 0, second.stdout + second.stderr
         assert "stopped the previous demo (postfix, postwarden, smtp-sink)" in second.stdout
+        # and tells the same story: a fresh queue and database, the same lock at the same point
+        assert "held in Postfix's hold queue: 2 message(s)" in second.stdout
+        assert "delivered to the sink: 10 message(s)" in second.stdout
     finally:
         stop = subprocess.run(
             [*cmd, "--stop"], capture_output=True, text=True, timeout=60, check=False

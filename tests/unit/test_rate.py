@@ -1,0 +1,205 @@
+"""Rate caps: the pure check, table-driven, and the store's exact counting under contention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from postwarden.config.models import DomainPolicy, Policy, RateOverride, RateSection, UserPolicy
+from postwarden.policy import Action, Facts, evaluate
+from postwarden.policy.model import Lock, RateState
+from postwarden.store import migrate, open_db
+from postwarden.store.rates import RateStore
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+POLICY = Policy(
+    domains={"example.com": DomainPolicy(rate=RateOverride(messages=["60/minute"]))},
+    users={"vip@example.com": UserPolicy(rate=RateOverride(recipients=["1000/minute"]))},
+    rate=RateSection(
+        messages=["10/minute", "50/hour"], recipients=["20/minute"], notify=["pm@example.net"]
+    ),
+    outbound=["sasl", "local"],
+)
+
+
+def facts(login: str = "alice@example.org", rcpts: int = 1, **kw: object) -> Facts:
+    base: dict[str, object] = {
+        "auth_login": login,
+        "mail_from": login,
+        "client_port": 1000,
+        "rcpts": tuple(f"r{i}@remote.test" for i in range(rcpts)),
+        "headers": (("From", "a@example.com"),),
+    }
+    base.update(kw)
+    return Facts(**base)  # type: ignore[arg-type]
+
+
+def state(**windows: tuple[int, int]) -> RateState:
+    sizes = {"minute": 60, "hour": 3600, "day": 86400}
+    return RateState(counts=tuple((sizes[k], m, r) for k, (m, r) in windows.items()))
+
+
+@pytest.mark.parametrize(
+    ("login", "rcpts", "st", "action", "codes"),
+    [
+        ("alice@example.org", 1, state(minute=(9, 9)), Action.ACCEPT, []),
+        (
+            "alice@example.org",
+            1,
+            state(minute=(10, 10)),
+            Action.QUARANTINE,
+            ["rate.exceeded", "rate.locked_now"],
+        ),
+        (
+            "alice@example.org",
+            1,
+            state(minute=(0, 0), hour=(50, 50)),
+            Action.QUARANTINE,
+            ["rate.exceeded", "rate.locked_now"],
+        ),
+        # recipients count separately: 16 recipients on top of 5 breaks 20/minute
+        (
+            "alice@example.org",
+            16,
+            state(minute=(1, 5)),
+            Action.QUARANTINE,
+            ["rate.exceeded", "rate.locked_now"],
+        ),
+        ("alice@example.org", 15, state(minute=(1, 5)), Action.ACCEPT, []),
+        # the login's domain overrides messages only; recipients keep [rate]'s cap
+        ("bob@example.com", 1, state(minute=(30, 0)), Action.ACCEPT, []),
+        (
+            "bob@example.com",
+            1,
+            state(minute=(60, 0)),
+            Action.QUARANTINE,
+            ["rate.exceeded", "rate.locked_now"],
+        ),
+        # a [users] entry overrides recipients only: messages stay the domain's 60/minute
+        ("vip@example.com", 500, state(minute=(59, 400)), Action.ACCEPT, []),
+        (
+            "vip@example.com",
+            1,
+            state(minute=(60, 0)),
+            Action.QUARANTINE,
+            ["rate.exceeded", "rate.locked_now"],
+        ),
+    ],
+)
+def test_caps(login: str, rcpts: int, st: RateState, action: Action, codes: list[str]) -> None:
+    v = evaluate(facts(login, rcpts, headers=(("From", "x@example.com"),)), POLICY, NOW, st)
+    assert v.action == action
+    assert [r.key for r in v.reasons] == codes
+    assert v.count is True  # accepted or held: both use the allowance
+    assert v.lock_cap == (next((r.detail for r in v.reasons if r.key == "rate.locked_now"), ""))
+
+
+def test_a_locked_sender_is_held_whatever_its_counts() -> None:
+    lock = Lock("sasl:alice@example.org", "2026-11-23T09:59:00+00:00", "messages 10/minute", "Q1")
+    v = evaluate(facts(headers=(("From", "x@example.com"),)), POLICY, NOW, RateState(lock=lock))
+    assert v.action == Action.QUARANTINE and [r.key for r in v.reasons] == ["rate.locked"]
+    assert "locked since 2026-11-23T09:59:00Z (messages 10/minute)" in v.reasons[0].text
+    assert v.lock_cap == ""  # already locked: no new lock, no new notice
+
+
+def test_a_rejected_message_uses_no_allowance() -> None:
+    v = evaluate(
+        facts(headers=(("From", "x@elsewhere.test"),)), POLICY, NOW, state(minute=(10, 10))
+    )
+    assert v.action == Action.REJECT
+    assert [r.key for r in v.reasons] == ["from_domain.not_hosted"]  # the cap is not even looked at
+    assert v.count is False
+
+
+@pytest.mark.parametrize(
+    ("on_exceed", "lock", "action", "locks"),
+    [
+        ("tempfail", False, Action.TEMPFAIL, False),
+        ("reject", True, Action.REJECT, True),
+        ("quarantine", False, Action.QUARANTINE, False),
+    ],
+)
+def test_on_exceed_and_lock(on_exceed: str, lock: bool, action: Action, locks: bool) -> None:
+    policy = POLICY.model_copy(
+        update={"rate": RateSection(messages=["1/minute"], on_exceed=on_exceed, lock=lock)}
+    )  # type: ignore[arg-type]
+    v = evaluate(facts(headers=(("From", "x@example.com"),)), policy, NOW, state(minute=(1, 1)))
+    assert v.action == action
+    assert bool(v.lock_cap) is locks
+    assert v.count is (action == Action.QUARANTINE)
+
+
+def test_inbound_and_notices_are_never_counted() -> None:
+    inbound = evaluate(
+        facts(login="", client_port=40000, headers=(("From", "x@example.com"),)),
+        POLICY,
+        NOW,
+        state(minute=(99, 99)),
+    )
+    assert inbound.count is False and inbound.action == Action.ACCEPT
+    notice = evaluate(
+        facts(login="", local_submission=True, system_notice=True),
+        POLICY,
+        NOW,
+        RateState(lock=Lock("local:<>", "t", "c", "q")),
+    )
+    assert notice.count is False and [r.key for r in notice.reasons] == ["outbound.notice"]
+
+
+def test_rate_windows_cover_every_override() -> None:
+    assert POLICY.rate_windows() == [60, 3600]
+
+
+def _hammer(path: str, n: int, limit: int, out: list[bool]) -> None:
+    store = RateStore(path)
+    for _ in range(n):
+        with store.transaction("sasl:x", [60], datetime.now(UTC)) as tx:
+            ok = tx.state.in_window(60)[0] < limit
+            if ok:
+                tx.count(1, "Q")
+        out.append(ok)
+
+
+def test_counting_is_exact_under_many_threads(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    migrate(open_db(db))
+    results: list[bool] = []
+    threads = [
+        threading.Thread(target=_hammer, args=(str(db), 40, 100, results)) for _ in range(10)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 100 and len(results) == 400
+
+
+def test_counting_is_exact_across_two_processes(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    migrate(open_db(db))
+    code = (
+        "import sys; from tests.unit.test_rate import _hammer; out=[]; "
+        "_hammer(sys.argv[1], 150, 100, out); print(out.count(True))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    taken = [int(p.communicate()[0]) for p in procs]
+    assert sum(taken) == 100, taken
+
+
+def test_old_events_leave_the_window(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    migrate(open_db(db))
+    store = RateStore(db)
+    with store.transaction("sasl:x", [60], NOW - timedelta(seconds=61)) as tx:
+        tx.count(5, "old")
+    with store.transaction("sasl:x", [60], NOW - timedelta(seconds=59)) as tx:
+        tx.count(2, "new")
+    assert store.state("sasl:x", [60, 3600], NOW).counts == ((60, 1, 2), (3600, 2, 7))
