@@ -21,9 +21,11 @@ from postwarden.config import ConfigError, config_path, load_config
 EX_OK, EX_FOUND, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, *, validate_keys: bool = False) -> Any:
+    """The config for a command that signs nothing: key files are read and checked, but not
+    put through OpenSSL's RSA consistency check (check-config, reload and the daemon do that)."""
     try:
-        cfg = load_config(config_path(args.config))
+        cfg = load_config(config_path(args.config), validate_keys=validate_keys)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -75,7 +77,8 @@ def _daemon_status(db_path: str, pid: int) -> tuple[int, int, str] | None:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    cfg = _load(args)  # a policy the daemon would refuse is refused here first, with its problems
+    # A policy the daemon would refuse is refused here first, with its problems.
+    cfg = _load(args, validate_keys=True)
     pidfile = Path(cfg.daemon.milter.pidfile)
     try:
         pid = int(pidfile.read_text().strip())
@@ -357,6 +360,41 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return EX_OK if outcome.done else EX_FOUND
 
 
+def cmd_dns_check(args: argparse.Namespace) -> int:
+    from postwarden import dnsdoctor
+
+    cfg = _load(args)
+    domains = [d.lower().rstrip(".") for d in args.domains]
+    unknown = [d for d in domains if d not in cfg.policy.domains]
+    if unknown:
+        print(f"postwarden dns-check: not hosted here: {', '.join(unknown)}", file=sys.stderr)
+        return EX_USAGE
+
+    def progress(done: int, total: int, name: str) -> None:
+        if sys.stderr.isatty() and total > 1:
+            print(
+                f"\r{done}/{total} domains checked",
+                end="" if done < total else "\n",
+                file=sys.stderr,
+            )
+
+    report = dnsdoctor.run(cfg, domains or None, progress=progress)
+    if report.unreachable:
+        servers = ", ".join(cfg.daemon.dns.nameservers) or "the system resolver"
+        print(
+            f"postwarden dns-check: DNS is unreachable: no answer from {servers}", file=sys.stderr
+        )
+        return EX_TEMPFAIL
+    db = _db(cfg)
+    with db.conn:
+        db.conn.executemany(
+            "INSERT INTO dns_checks (run_at, domain, area, status, message, fix) VALUES (?, ?, ?, ?, ?, ?)",
+            [(report.checked_at, d, f.area, f.status, f.message, f.fix) for d, f in report.all()],
+        )
+    print(report.as_json() if args.json else report.as_text())
+    return EX_FOUND if report.failed else EX_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from postwarden import demo
 
@@ -478,6 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--output", "-o", metavar="FILE", help="write here (default: standard output)")
     s.set_defaults(fn=cmd_import_opendkim)
+
+    s = sub.add_parser(
+        "dns-check",
+        help="DNS health of the hosted domains: SPF, DKIM, DMARC, PTR, MX",
+        description="Check SPF, DKIM keys, DMARC, PTR/FCrDNS and MX of the hosted domains (all "
+        "when none is named), at [dns].nameservers. Each finding is pass, warn, fail or unknown "
+        "(a timeout or SERVFAIL), with the fix for each failure. Results are kept for the TUI. "
+        "Exit 1 when anything fails, 75 when DNS is unreachable.",
+    )
+    s.add_argument("domains", nargs="*", metavar="DOMAIN")
+    s.add_argument("--json", action="store_true", help="one JSON document")
+    s.set_defaults(fn=cmd_dns_check)
 
     s = sub.add_parser(
         "senders",

@@ -43,10 +43,14 @@ class LoadedKey:
         return base64.b64encode(raw).decode()
 
 
-def _parse(data: bytes) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+def _parse(data: bytes, validate: bool) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
     if b"-----BEGIN" in data:
         try:
-            key = serialization.load_pem_private_key(data, password=None)
+            # OpenSSL's RSA consistency check costs ~45 ms a key: worth it where keys sign
+            # (the daemon, check-config), not for a command that needs only the public half.
+            key = serialization.load_pem_private_key(
+                data, password=None, unsafe_skip_rsa_key_validation=not validate
+            )
         except (ValueError, TypeError) as exc:
             raise KeyProblem(f"not a readable PEM private key ({exc})") from None
         if isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
@@ -62,7 +66,9 @@ def _parse(data: bytes) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
     raise KeyProblem("neither a PEM private key nor an Ed25519 seed: unknown key format")
 
 
-def load_key(domain: str, selector: str, path: str, active: bool) -> LoadedKey:
+def load_key(
+    domain: str, selector: str, path: str, active: bool, validate: bool = True
+) -> LoadedKey:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -82,7 +88,7 @@ def load_key(domain: str, selector: str, path: str, active: bool) -> LoadedKey:
     except OSError as exc:
         raise KeyProblem(f"key file {path} cannot be read: {exc.strerror}") from None
     try:
-        key = _parse(data)
+        key = _parse(data, validate)
     except KeyProblem as exc:
         raise KeyProblem(f"key file {path}: {exc}") from None
     if isinstance(key, rsa.RSAPrivateKey):

@@ -84,11 +84,30 @@ def _m004_rate(db: sqlite_utils.Database) -> None:
     db.table("secrets").insert({"name": "notice", "value": secrets.token_hex(32)})
 
 
+def _m005_dns_checks(db: sqlite_utils.Database) -> None:
+    # Every dns-check finding with its run's time: the TUI shows each domain's latest.
+    db.table("dns_checks").create(
+        {
+            "id": int,
+            "run_at": str,
+            "domain": str,
+            "area": str,
+            "status": str,
+            "message": str,
+            "fix": str,
+        },
+        pk="id",
+        not_null={"run_at", "domain", "area", "status"},
+    )
+    db.table("dns_checks").create_index(["domain", "run_at"])
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_decisions", _m001_decisions),
     ("002_audit", _m002_audit),
     ("003_daemon", _m003_daemon),
     ("004_rate", _m004_rate),
+    ("005_dns_checks", _m005_dns_checks),
 ]
 
 

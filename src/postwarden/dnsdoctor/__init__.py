@@ -1,0 +1,6 @@
+"""`postwarden dns-check`: SPF, DKIM, DMARC, PTR/FCrDNS and MX for every hosted domain, each
+finding with its fix."""
+
+from postwarden.dnsdoctor.doctor import Finding, Report, run
+
+__all__ = ["Finding", "Report", "run"]
