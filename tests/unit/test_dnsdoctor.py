@@ -305,7 +305,13 @@ def test_cli_text_json_exit_codes_and_stored_results(
         and "  PASS  spf    one record: v=spf1 ip4:192.0.2.10 -all" in out
     )
     assert out.rstrip().endswith("1 domain(s): 11 pass, 0 warn, 0 fail, 0 unknown")
-    assert main(["--config", str(cfg_path), "dns-check", "--json"]) == 1  # something fails
+    assert main(["--config", str(cfg_path), "dns-check", "norecord.test"]) == 1  # something fails
+    out = capsys.readouterr().out
+    assert (
+        "  FAIL  dkim   s1 (active rsa): no record at s1._domainkey.norecord.test\n        fix: s1._domainkey\t3600\tIN\tTXT"
+        in out
+    )
+    assert main(["--config", str(cfg_path), "dns-check", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert set(doc["domains"]) == set(DOMAINS) and doc["summary"]["fail"] > 0
     assert doc["domains"]["nospf.test"][0] == {

@@ -73,12 +73,8 @@ class Report:
             lines.append(name)
             for f in findings:
                 lines.append(f"  {MARKS[f.status]}  {f.area:<6} {f.message}")
-                for fix_line in f.fix.splitlines():
-                    lines.append(
-                        f"        fix: {fix_line}"
-                        if fix_line is f.fix.splitlines()[0]
-                        else f"             {fix_line}"
-                    )
+                for i, fix_line in enumerate(f.fix.splitlines()):
+                    lines.append(("        fix: " if i == 0 else "             ") + fix_line)
         c = self.counts()
         lines.append(
             f"{len(self.domains)} domain(s): {c['pass']} pass, {c['warn']} warn, {c['fail']} fail,"
