@@ -325,7 +325,7 @@ def test_cli_text_json_exit_codes_and_stored_results(
 
     db = open_db(load_config(cfg_path).daemon.store.database)
     runs = db.execute("SELECT COUNT(DISTINCT run_at), COUNT(*) FROM dns_checks").fetchone()
-    assert runs[0] == 2 and runs[1] > 50
+    assert runs[0] == 3 and runs[1] > 50
 
 
 def test_dns_switched_off_exits_75(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
