@@ -32,6 +32,7 @@ DOMAINS = [
     "pnone.test",
     "servfail.test",
     "twodmarc.test",
+    "kbad.test",
 ]
 SERVER = "192.0.2.10"
 
@@ -42,6 +43,7 @@ def _policy(keydir: Path) -> str:
         "norecord.test": [("s1", "rsa", True), ("later", "ed25519", False)],
         "revoked.test": [("s1", "rsa", True)],
         "mismatch.test": [("s1", "ed25519", True)],
+        "kbad.test": [("s1", "rsa", True)],
     }
     out = []
     for d in DOMAINS:
@@ -100,6 +102,11 @@ def _zone(cfg_keys: dict[str, list]) -> str:  # type: ignore[type-arg]
         dkim("revoked.test", "s1", p=""),
         txt("mismatch.test.", spf_ok),
         dkim("mismatch.test", "s1", p=k[("good.test", "ed1")].public_key_b64()),
+        txt("kbad.test.", spf_ok),
+        txt(
+            "s1._domainkey.kbad.test.",
+            f"v=DKIM2; k=ed25519; p={k[('kbad.test', 's1')].public_key_b64()}",
+        ),
         # DMARC: from the organisational domain; no p=; p=none without rua; two records
         txt("sub.org.test.", spf_ok),
         txt("_dmarc.org.test.", "v=DMARC1; p=quarantine; sp=reject; rua=mailto:r@org.test"),
@@ -224,6 +231,13 @@ def test_a_good_domain_passes_everything(setup) -> None:  # type: ignore[no-unty
             "p= does not match the private key on disk",
             "fail",
             "s1._domainkey",
+        ),
+        (
+            "kbad.test",
+            "dkim",
+            "v=DKIM2 (must be DKIM1); k=ed25519 but the key on disk is rsa",
+            "fail",
+            "k=rsa",
         ),
         (
             "nospf.test",
