@@ -20,6 +20,9 @@ unknown_from_domain = "reject"
 
 [domains."example.net"]
 include_subdomains = true
+
+[local]
+send_as = { "www-data" = ["*@example.com"] }
 """
 
 

@@ -76,7 +76,11 @@ def test_outbound_rules_and_identity(kw: dict[str, object], outbound: bool, iden
     ],
 )
 def test_from_domain_must_be_hosted(from_header: str, action: Action, codes: list[str]) -> None:
-    v = evaluate(facts(headers=(("From", from_header),)), POLICY, NOW)
+    # A network-rule sender with a null envelope: no send_as rules, nothing to align.
+    f = facts(
+        headers=(("From", from_header),), auth_login="", client_addr="192.0.2.9", mail_from=""
+    )
+    v = evaluate(f, POLICY, NOW)
     assert v.action == action
     assert [r.key for r in v.reasons] == codes
 

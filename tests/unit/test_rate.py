@@ -18,7 +18,10 @@ from postwarden.store.rates import RateStore
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 POLICY = Policy(
-    domains={"example.com": DomainPolicy(rate=RateOverride(messages=["60/minute"]))},
+    domains={
+        "example.com": DomainPolicy(rate=RateOverride(messages=["60/minute"])),
+        "example.org": DomainPolicy(),
+    },
     users={"vip@example.com": UserPolicy(rate=RateOverride(recipients=["1000/minute"]))},
     rate=RateSection(
         messages=["10/minute", "50/hour"], recipients=["20/minute"], notify=["pm@example.net"]
@@ -33,7 +36,7 @@ def facts(login: str = "alice@example.org", rcpts: int = 1, **kw: object) -> Fac
         "mail_from": login,
         "client_port": 1000,
         "rcpts": tuple(f"r{i}@remote.test" for i in range(rcpts)),
-        "headers": (("From", "a@example.com"),),
+        "headers": (("From", login or "a@example.com"),),
     }
     base.update(kw)
     return Facts(**base)  # type: ignore[arg-type]
@@ -92,7 +95,7 @@ def state(**windows: tuple[int, int]) -> RateState:
     ],
 )
 def test_caps(login: str, rcpts: int, st: RateState, action: Action, codes: list[str]) -> None:
-    v = evaluate(facts(login, rcpts, headers=(("From", "x@example.com"),)), POLICY, NOW, st)
+    v = evaluate(facts(login, rcpts), POLICY, NOW, st)
     assert v.action == action
     assert [r.key for r in v.reasons] == codes
     assert v.count is True  # accepted or held: both use the allowance
@@ -101,7 +104,7 @@ def test_caps(login: str, rcpts: int, st: RateState, action: Action, codes: list
 
 def test_a_locked_sender_is_held_whatever_its_counts() -> None:
     lock = Lock("sasl:alice@example.org", "2026-11-23T09:59:00+00:00", "messages 10/minute", "Q1")
-    v = evaluate(facts(headers=(("From", "x@example.com"),)), POLICY, NOW, RateState(lock=lock))
+    v = evaluate(facts(), POLICY, NOW, RateState(lock=lock))
     assert v.action == Action.QUARANTINE and [r.key for r in v.reasons] == ["rate.locked"]
     assert "locked since 2026-11-23T09:59:00Z (messages 10/minute)" in v.reasons[0].text
     assert v.lock_cap == ""  # already locked: no new lock, no new notice
@@ -128,7 +131,7 @@ def test_on_exceed_and_lock(on_exceed: str, lock: bool, action: Action, locks: b
     policy = POLICY.model_copy(
         update={"rate": RateSection(messages=["1/minute"], on_exceed=on_exceed, lock=lock)}
     )  # type: ignore[arg-type]
-    v = evaluate(facts(headers=(("From", "x@example.com"),)), policy, NOW, state(minute=(1, 1)))
+    v = evaluate(facts(), policy, NOW, state(minute=(1, 1)))
     assert v.action == action
     assert bool(v.lock_cap) is locks
     assert v.count is (action == Action.QUARANTINE)

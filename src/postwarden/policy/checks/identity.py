@@ -1,0 +1,78 @@
+"""Identity and alignment: who may send as what ([defaults].send_as, [users], [local],
+[defaults].alignment).
+
+A SASL login may put in From and MAIL FROM what its [users] entry allows, else
+[defaults].send_as. Mail from sendmail(1) may use what [local] allows the local user whose
+envelope sender it is (Postfix's local_login_sender_maps pins each user to those). An `ip:`
+sender let in by a network or daemon rule has no send_as rules: any hosted From. The envelope
+sender's domain must align with the From domain: the same organisational domain (relaxed, by
+the Public Suffix List, offline) or the same domain (strict). A null envelope sender (a bounce)
+is allowed. Every violation is a reject: a forged sender is never worth holding.
+
+Reason codes:
+- not_allowed: the sender may not send as the header From address.
+- envelope_not_allowed: the sender may not use this envelope sender (MAIL FROM).
+- misaligned: the envelope sender's domain does not align with the From domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from publicsuffixlist import PublicSuffixList
+
+from postwarden.policy.identity import pattern_matches, send_as_patterns
+from postwarden.policy.model import Action, Reason
+from postwarden.policy.registry import register
+
+if TYPE_CHECKING:
+    from postwarden.policy.engine import Context
+
+NAME = "identity"
+_PSL = PublicSuffixList()  # bundled data: no network, no file outside the package
+
+
+def aligned(envelope_domain: str, from_domain: str, mode: str) -> bool:
+    if mode == "strict":
+        return envelope_domain == from_domain
+    org = _PSL.privatesuffix(from_domain) or from_domain
+    return (_PSL.privatesuffix(envelope_domain) or envelope_domain) == org
+
+
+@register(NAME, order=30)
+def check(ctx: Context) -> Iterator[Reason]:
+    facts, frm = ctx.facts, ctx.header_from
+    if ctx.outbound_rule is None or frm.problem or ctx.hosted_domain is None:
+        return  # inbound, or from_domain has already said what is wrong
+    rules = send_as_patterns(facts, ctx.policy)
+    if rules is not None:
+        patterns, who = rules
+        login = facts.auth_login
+        if not any(pattern_matches(p, frm.address, login) for p in patterns):
+            yield Reason(
+                NAME,
+                "not_allowed",
+                Action.REJECT,
+                f"From <{frm.address}> is not an address {who} may send as",
+            )
+        if facts.mail_from and not any(
+            pattern_matches(p, facts.mail_from, login) for p in patterns
+        ):
+            yield Reason(
+                NAME,
+                "envelope_not_allowed",
+                Action.REJECT,
+                f"MAIL FROM <{facts.mail_from}> is not an address {who} may send as",
+            )
+    if facts.mail_from:
+        envelope_domain = facts.mail_from.rpartition("@")[2].lower()
+        mode = ctx.policy.defaults.alignment
+        if not aligned(envelope_domain, frm.domain, mode):
+            yield Reason(
+                NAME,
+                "misaligned",
+                Action.REJECT,
+                f"MAIL FROM <{facts.mail_from}> does not align with From <{frm.address}>"
+                f" ({mode} alignment): use an envelope sender in {frm.domain}",
+            )
