@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from postwarden.config.models import DomainPolicy, Policy, RateOverride, RateSection, UserPolicy
+from postwarden.config.models import (
+    BulkSection,
+    DomainPolicy,
+    Policy,
+    RateOverride,
+    RateSection,
+    UserPolicy,
+)
 from postwarden.policy import Action, Facts, evaluate
 from postwarden.policy.model import Lock, RateState
 from postwarden.store import migrate, open_db
@@ -27,6 +34,7 @@ POLICY = Policy(
         messages=["10/minute", "50/hour"], recipients=["20/minute"], notify=["pm@example.net"]
     ),
     outbound=["sasl", "local"],
+    bulk=BulkSection(recipients=10_000),  # a big list here is about caps, not the bulk rules
 )
 
 

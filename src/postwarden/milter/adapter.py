@@ -19,7 +19,9 @@ import Milter
 from postwarden.milter.notify import NOTICE_HEADER, LockEvent, is_notice
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict, evaluate
+from postwarden.policy.hygiene import headers_after
 from postwarden.policy.identity import identity, matches_outbound
+from postwarden.policy.model import HeaderEdit
 from postwarden.signing import RelaxedBodyHasher, Signature, sign
 
 log = logging.getLogger("postwarden")
@@ -55,6 +57,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
 
     def _reset(self) -> None:
         self.mail_from = ""
+        self.smtputf8 = False
         self.auth_login = ""
         self.rcpts: list[str] = []
         self.headers: list[tuple[str, str]] = []
@@ -115,6 +118,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.in_message = True
             self.runtime.message_started()
             self.mail_from = mailfrom.strip().removeprefix("<").removesuffix(">")
+            self.smtputf8 = any(p.upper() == "SMTPUTF8" for p in params)
             self.auth_login = self.getsymval("{auth_authen}") or ""
             if matches_outbound(self._facts(""), self.runtime.policy.outbound):
                 self.body_hasher = RelaxedBodyHasher()
@@ -218,6 +222,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             daemon_name=self.conn.get("daemon_name", ""),
             auth_login=self.auth_login,
             local_submission=bool(self.conn.get("local")),
+            smtputf8=self.smtputf8,
             mail_from=self.mail_from,
             rcpts=tuple(self.rcpts),
             headers=tuple(self.headers),
@@ -253,6 +258,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             or verdict.action not in (Action.ACCEPT, Action.QUARANTINE)
         ):
             return []
+        self._edit_headers(verdict.edits)
         keys = [k for k in self.runtime.config.keys.get(verdict.hosted_domain, []) if k.active]
         if not keys:
             return []
@@ -261,13 +267,21 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         body_hash = self.body_hasher.digest_b64()
         headers = [
             (name.encode("ascii", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
-            for name, value in self.headers
+            for name, value in headers_after(self.headers, verdict.edits)
         ]
         signatures = [sign(headers, body_hash, key, timestamp) for key in keys]
         for signature in signatures:
             # Postfix takes LF-folded header values from a milter and writes CRLF itself.
             self.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
         return signatures
+
+    def _edit_headers(self, edits: tuple[HeaderEdit, ...]) -> None:
+        """Before signing: the signature covers the headers as they will leave."""
+        for edit in edits:
+            if edit.op == "remove":
+                self.chgheader(edit.name, edit.index, None)
+            else:
+                self.addheader(edit.name, edit.value)
 
     def _apply(self, verdict: Verdict) -> int:
         reply = verdict.reply()

@@ -12,6 +12,7 @@ from datetime import datetime
 from postwarden.config.models import Policy
 from postwarden.policy import checks as _checks  # noqa: F401  (registers every check)
 from postwarden.policy.address import FromResult, header_from
+from postwarden.policy.hygiene import header_edits
 from postwarden.policy.identity import identity, matches_outbound
 from postwarden.policy.model import Action, Facts, RateState, Reason, Verdict
 from postwarden.policy.registry import checks
@@ -66,6 +67,7 @@ def evaluate(facts: Facts, policy: Policy, now: datetime, rate: RateState | None
         # A rejected or tempfailed message uses none of the sender's allowance; a held one does.
         count=outbound and action in (Action.ACCEPT, Action.QUARANTINE),
         lock_cap=lock_cap,
+        edits=header_edits(facts, policy, now, parsed_from.domain) if outbound and hosted else (),
         identity=ctx.identity,
         from_address=parsed_from.address,
         from_domain=parsed_from.domain,

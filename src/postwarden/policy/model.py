@@ -43,10 +43,22 @@ class Facts:
     size: int = 0  # header and body octets as the milter saw them
     # postwarden's own notice (a lock alert), proven by its HMAC header: never counted or held.
     system_notice: bool = False
+    smtputf8: bool = False  # MAIL FROM ... SMTPUTF8: 8-bit headers are allowed
 
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
         return [v for k, v in self.headers if k.lower() == lname]
+
+
+@dataclass(frozen=True)
+class HeaderEdit:
+    """One header change the adapter makes before signing: remove the index-th (1-based) copy of
+    `name`, or add `name: value` at the end of the header."""
+
+    op: Literal["remove", "add"]
+    name: str
+    index: int = 0
+    value: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class Verdict:
     # against `identity`, and lock it (the cap that broke) when `lock_cap` is set.
     count: bool = False
     lock_cap: str = ""
+    edits: tuple[HeaderEdit, ...] = ()  # applied, in order, before signing
 
     def deciding_reasons(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.action == self.action)

@@ -1,0 +1,49 @@
+"""Header edits postwarden makes before signing ([headers].remove and add_missing): pure."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from email.utils import format_datetime
+
+from postwarden.config.models import Policy
+from postwarden.policy.model import Facts, HeaderEdit
+
+
+def header_edits(
+    facts: Facts, policy: Policy, now: datetime, from_domain: str
+) -> tuple[HeaderEdit, ...]:
+    edits: list[HeaderEdit] = []
+    for name in policy.headers.remove:
+        copies = len(facts.header_values(name))
+        # Highest index first: Postfix renumbers the later copies after each deletion.
+        edits += [HeaderEdit("remove", name, i) for i in range(copies, 0, -1)]
+    present = {k.lower() for k, _ in facts.headers}
+    if "Date" in policy.headers.add_missing and "date" not in present:
+        edits.append(HeaderEdit("add", "Date", value=format_datetime(now)))
+    if "Message-ID" in policy.headers.add_missing and "message-id" not in present and from_domain:
+        # Unique without a random source: the queue id and the time, or a digest of the facts.
+        token = facts.queue_id or hashlib.sha256(repr(facts).encode()).hexdigest()[:16]
+        edits.append(
+            HeaderEdit("add", "Message-ID", value=f"<{now:%Y%m%d%H%M%S}.{token}@{from_domain}>")
+        )
+    return tuple(edits)
+
+
+def headers_after(
+    headers: list[tuple[str, str]], edits: tuple[HeaderEdit, ...]
+) -> list[tuple[str, str]]:
+    """The header list as it will leave, once `edits` are applied."""
+    out = list(headers)
+    for edit in edits:
+        if edit.op == "remove":
+            seen = 0
+            for i, (name, _) in enumerate(out):
+                if name.lower() == edit.name.lower():
+                    seen += 1
+                    if seen == edit.index:
+                        del out[i]
+                        break
+        else:
+            out.append((edit.name, edit.value))
+    return out
