@@ -161,6 +161,9 @@ class Sandbox:
             "maillog_file": str(self.maillog),
             "maillog_file_prefixes": str(self.root),
             "in_flow_delay": "0",
+            # Clients here are on 127.0.0.1; like a real submission client, let them get no
+            # missing-header repair from Postfix, so postwarden's [headers].add_missing shows.
+            "local_header_rewrite_clients": "",
             # What deploy/postfix/main.cf.snippet sets, so the tests run the shipped settings.
             **deploy_main_settings(self.milter_socket),
             **(extra_main or {}),

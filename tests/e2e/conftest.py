@@ -40,6 +40,15 @@ class Stack:
         self.config = demo.write_config(root, self.sandbox)
         self.db_path = root / "etc" / "postwarden.db"
 
+    def allow_local(self, user: str, patterns: list[str]) -> None:
+        """Add a [local] send_as entry to the demo policy (there is one [local] table)."""
+        policy = self.config.parent / "policies" / "10-demo.toml"
+        quoted = ", ".join(f'"{p}"' for p in patterns)
+        text = policy.read_text().replace(
+            'send_as = { "www-data"', f'send_as = {{ "{user}" = [{quoted}], "www-data"', 1
+        )
+        policy.write_text(text)
+
     def start(self) -> None:
         self.sandbox.start_sink()
         self.sandbox.start_postfix()

@@ -35,6 +35,7 @@ def signing_stack() -> Iterator[Stack]:
     s = Stack(root)
     policies = s.config.parent / "policies"
     (policies / "20-signing.toml").write_text(EXTRA_POLICY)
+    s.allow_local("app", [f"sender@{d}" for d in DOMAINS])
     write_key(policies / "keys/example.org/org2026.key")
     write_key(policies / "keys/shop.example/ed2026.key", algorithm="ed25519")
     write_key(policies / "keys/shop.example/rsa2025.key")
