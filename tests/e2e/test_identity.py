@@ -181,3 +181,48 @@ def test_bulk_mail_needs_one_click_unsubscribe(stack: Stack) -> None:
         sb.smtp_send(ok, "alice@example.com", ["x@remote.test"], login="alice@example.com").code
         == 250
     )
+
+
+@pytest.mark.parametrize("kind", ["plain", "alternative", "base64", "quoted-printable"])
+def test_bare_html_arrives_wrapped_and_signed(stack: Stack, kind: str) -> None:
+    import base64
+
+    from postwarden.config import load_config
+    from tests.dkim_verify import dkimpy_results, opendkim_results, records_for
+
+    html = b"<p>Hello <b>there</b></p>\r\n<p>second line</p>\r\n"
+    head = f"From: alice@example.com\r\nTo: x@remote.test\r\nSubject: html-{kind}\r\nMIME-Version: 1.0\r\n".encode()
+    if kind == "plain":
+        raw = head + b"Content-Type: text/html; charset=utf-8\r\n\r\n" + html
+    else:
+        cte = {"alternative": "7bit", "base64": "base64", "quoted-printable": "quoted-printable"}[
+            kind
+        ]
+        part = {
+            "7bit": html,
+            "base64": base64.encodebytes(html).replace(b"\n", b"\r\n"),
+            "quoted-printable": html.replace(b"<p>", b'<p style=3D"x">'),
+        }[cte]
+        raw = (
+            head + b'Content-Type: multipart/alternative; boundary="b1"\r\n\r\n'
+            b"--b1\r\nContent-Type: text/plain\r\n\r\nHello there\r\n"
+            b"--b1\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: "
+            + cte.encode()
+            + b"\r\n\r\n"
+            + part
+            + b"--b1--\r\n"
+        )
+    r = stack.sandbox.smtp_send(
+        raw, "alice@example.com", ["x@remote.test"], login="alice@example.com"
+    )
+    assert r.code == 250, r
+    got = sink(stack, f"html-{kind}")
+    parsed = message_from_bytes(got)
+    [html_part] = [p for p in parsed.walk() if p.get_content_type() == "text/html"]
+    decoded = html_part.get_payload(decode=True).replace(b"\r\n", b"\n")  # type: ignore[union-attr]
+    assert decoded.startswith(b"<html><body>\n<p") and decoded.rstrip().endswith(
+        b"</body></html>"
+    ), decoded
+    keys = [k for ks in load_config(stack.config).keys.values() for k in ks]
+    assert dkimpy_results(got, records_for(keys)) == [True, True]
+    assert opendkim_results(got, records_for(keys)) == ["pass", "pass"]

@@ -19,6 +19,7 @@ import Milter
 from postwarden.milter.notify import NOTICE_HEADER, LockEvent, is_notice
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict, evaluate
+from postwarden.policy.html import wrap_bare_html
 from postwarden.policy.hygiene import headers_after
 from postwarden.policy.identity import identity, matches_outbound
 from postwarden.policy.model import HeaderEdit
@@ -64,8 +65,10 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         self.size = 0
         self.error = ""
         self.in_message = False
-        # Outbound mail may be signed: its body is canonicalised and hashed as it arrives.
+        # Outbound mail may be signed: its body is canonicalised and hashed as it arrives, and
+        # kept when bare HTML may need wrapping.
         self.body_hasher: RelaxedBodyHasher | None = None
+        self.body_chunks: list[bytes] | None = None
 
     def _fail(self, where: str, exc: BaseException) -> None:
         # Remember the first failure; eom turns it into on_error. A noreply callback cannot.
@@ -120,8 +123,10 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.mail_from = mailfrom.strip().removeprefix("<").removesuffix(">")
             self.smtputf8 = any(p.upper() == "SMTPUTF8" for p in params)
             self.auth_login = self.getsymval("{auth_authen}") or ""
-            if matches_outbound(self._facts(""), self.runtime.policy.outbound):
+            policy = self.runtime.policy
+            if matches_outbound(self._facts(""), policy.outbound):
                 self.body_hasher = RelaxedBodyHasher()
+                self.body_chunks = [] if policy.headers.wrap_bare_html else None
             log.debug("mail from=<%s> auth=%s", self.mail_from, self.auth_login or "-")
         except Exception as exc:  # noqa: BLE001
             self._fail("envfrom", exc)
@@ -147,6 +152,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
     @noreply
     def body(self, chunk: bytes) -> int:
         self.size += len(chunk)
+        if self.body_chunks is not None:
+            self.body_chunks.append(chunk)
         if self.body_hasher is not None:
             try:
                 self.body_hasher.update(chunk)
@@ -259,6 +266,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         ):
             return []
         self._edit_headers(verdict.edits)
+        self._wrap_html(verdict)
         keys = [k for k in self.runtime.config.keys.get(verdict.hosted_domain, []) if k.active]
         if not keys:
             return []
@@ -274,6 +282,21 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             # Postfix takes LF-folded header values from a milter and writes CRLF itself.
             self.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
         return signatures
+
+    def _wrap_html(self, verdict: Verdict) -> None:
+        if not verdict.wrap_html or self.body_chunks is None:
+            return
+        body = b"".join(self.body_chunks)
+        headers = headers_after(self.headers, verdict.edits)
+        wrapped = wrap_bare_html(headers, body)
+        if wrapped is None:
+            return
+        for i in range(0, len(wrapped), 65536):
+            self.replacebody(wrapped[i : i + 65536])
+        # The signature covers the body as it will leave.
+        self.body_hasher = RelaxedBodyHasher()
+        self.body_hasher.update(wrapped)
+        log.debug("wrapped bare HTML (%d -> %d octets)", len(body), len(wrapped))
 
     def _edit_headers(self, edits: tuple[HeaderEdit, ...]) -> None:
         """Before signing: the signature covers the headers as they will leave."""

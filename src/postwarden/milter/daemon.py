@@ -193,8 +193,9 @@ class Daemon:
 
         adapter.RUNTIME = self.runtime
         Milter.factory = adapter.PostwardenMilter
-        # Only the actions used: added and removed headers (hygiene, DKIM-Signature), the hold queue.
-        Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS)
+        # Only the actions used: added and removed headers (hygiene, DKIM-Signature), a
+        # replaced body (bare HTML wrapped), the hold queue.
+        Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY)
         _prepare_socket_dir(cfg.milter.socket)
         log.info(
             "starting on %s with policy %s, database %s",

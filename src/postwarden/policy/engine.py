@@ -68,6 +68,7 @@ def evaluate(facts: Facts, policy: Policy, now: datetime, rate: RateState | None
         count=outbound and action in (Action.ACCEPT, Action.QUARANTINE),
         lock_cap=lock_cap,
         edits=header_edits(facts, policy, now, parsed_from.domain) if outbound and hosted else (),
+        wrap_html=bool(outbound and hosted and policy.headers.wrap_bare_html),
         identity=ctx.identity,
         from_address=parsed_from.address,
         from_domain=parsed_from.domain,

@@ -114,6 +114,7 @@ class Verdict:
     count: bool = False
     lock_cap: str = ""
     edits: tuple[HeaderEdit, ...] = ()  # applied, in order, before signing
+    wrap_html: bool = False  # wrap bare text/html parts, before signing
 
     def deciding_reasons(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.action == self.action)
