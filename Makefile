@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
 APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench-dns clean
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns clean
 
 install: deps-apt venv
 
@@ -47,6 +47,11 @@ typecheck:
 
 pytest:
 	$(BIN)/pytest -q
+
+# postwarden against OpenDKIM and no milter on one private Postfix; writes docs/benchmarks.md.
+# About 20 minutes on 2 cores (BENCH_REPS, BENCH_MESSAGES, BENCH_SESSIONS, BENCH_MEMORY).
+bench: install
+	$(BIN)/python bench/run.py
 
 # dns-check over 100 domains against a loopback DNS server that delays every answer by 100 ms.
 bench-dns: install

@@ -92,3 +92,12 @@ def test_the_malformed_corpus_never_raises() -> None:
         msg = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
         result = wrap_bare_html([(k, str(v)) for k, v in msg.items()], body)
         assert result is None or isinstance(result, bytes)
+
+
+def test_only_multipart_or_html_messages_may_hold_html() -> None:
+    from postwarden.policy.html import may_hold_html
+
+    assert may_hold_html([("Content-Type", "text/html; charset=utf-8")])
+    assert may_hold_html([("content-type", ' Multipart/Alternative; boundary="b"')])
+    assert not may_hold_html([("Content-Type", "text/plain")])
+    assert not may_hold_html([("Subject", "no content type: text/plain")])

@@ -19,7 +19,7 @@ import Milter
 from postwarden.milter.notify import NOTICE_HEADER, LockEvent, is_notice
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict, evaluate
-from postwarden.policy.html import wrap_bare_html
+from postwarden.policy.html import may_hold_html, wrap_bare_html
 from postwarden.policy.hygiene import headers_after
 from postwarden.policy.identity import identity, matches_outbound
 from postwarden.policy.model import HeaderEdit
@@ -147,6 +147,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
     @noreply
     def eoh(self) -> int:
         self.size += 2
+        if self.body_chunks is not None and not may_hold_html(self.headers):
+            self.body_chunks = None  # nothing to wrap: neither keep nor parse the body
         return CONTINUE
 
     @noreply

@@ -32,6 +32,13 @@ def _encode(data: bytes, cte: str, nl: bytes) -> bytes:
     return data
 
 
+def may_hold_html(headers: list[tuple[str, str]]) -> bool:
+    """Whether a message with these headers can hold a text/html part: only a multipart or a
+    text/html message can (no Content-Type is text/plain)."""
+    types = [v.split(";", 1)[0].strip().lower() for k, v in headers if k.lower() == "content-type"]
+    return bool(types) and (types[0].startswith("multipart/") or types[0] == "text/html")
+
+
 def wrap_bare_html(headers: list[tuple[str, str]], body: bytes) -> bytes | None:
     """The body with every bare text/html part wrapped, or None when none needed it."""
     head = "".join(f"{name}: {value}\r\n" for name, value in headers)

@@ -71,35 +71,50 @@ def read_state(
 
 
 class RateStore:
+    """A pool of connections, not one per thread: libmilter runs every SMTP connection on a new
+    C thread, and pymilter gives each callback a new Python thread state, so a thread-local
+    connection would be a new SQLite connection per message (an open, and memory that grew
+    with every message in the benchmark)."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._local = threading.local()
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: the transaction is ours to begin (IMMEDIATE) and end.
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            # WAL with NORMAL: a commit survives kill -9 without an fsync per message (only a
-            # power loss can take back the last few).
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: the transaction is ours to begin (IMMEDIATE) and end.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # WAL with NORMAL: a commit survives kill -9 without an fsync per message (only a
+        # power loss can take back the last few).
+        conn.execute("PRAGMA synchronous = NORMAL")
         return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        conn = conn or self._open()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                self._idle.append(conn)
 
     @contextmanager
     def transaction(
         self, identity: str, windows: list[int], now: datetime
     ) -> Iterator[RateTransaction]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            state = read_state(conn, identity, windows, now.timestamp())
-            yield RateTransaction(conn, identity, now, state)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                state = read_state(conn, identity, windows, now.timestamp())
+                yield RateTransaction(conn, identity, now, state)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def state(self, identity: str, windows: list[int], now: datetime) -> RateState:
-        return read_state(self._conn(), identity, windows, now.timestamp())
+        with self._connection() as conn:
+            return read_state(conn, identity, windows, now.timestamp())
