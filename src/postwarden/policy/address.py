@@ -11,6 +11,7 @@ address: a value two parsers read differently is refused.
 from __future__ import annotations
 
 import email.errors
+import functools
 import email.header
 import email.policy
 import re
@@ -113,6 +114,13 @@ def _python_reads(value: str) -> list[str]:
 
 
 def header_from(values: list[str]) -> FromResult:
+    return _header_from(tuple(values))
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_from(values: tuple[str, ...]) -> FromResult:
+    # Pure, and the same From comes again and again (a newsletter, a web form): reading it
+    # twice through the email package costs more than the rest of the engine.
     if not values:
         return _fail("the message has no From header")
     if len(values) > 1:
