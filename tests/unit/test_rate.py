@@ -214,3 +214,26 @@ def test_old_events_leave_the_window(tmp_path: Path) -> None:
     with store.transaction("sasl:x", [60], NOW - timedelta(seconds=59)) as tx:
         tx.count(2, "new")
     assert store.state("sasl:x", [60, 3600], NOW).counts == ((60, 1, 2), (3600, 2, 7))
+
+
+def test_running_totals_stay_exact_after_pruning_and_out_of_order_clocks(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    migrate(open_db(db))
+    store = RateStore(db)
+    for i in range(50):  # one every 30 minutes, the last 1 minute ago
+        with store.transaction("sasl:x", [3600], NOW - timedelta(minutes=1 + 30 * (49 - i))) as tx:
+            tx.count(2, f"Q{i}")
+    assert store.state("sasl:x", [60, 3600, 86400], NOW).counts == (
+        (60, 0, 0),
+        (3600, 2, 4),
+        (86400, 48, 96),
+    )
+    # the old ones pruned: the windows still count only what is in them
+    open_db(db).execute(
+        "DELETE FROM rate_events WHERE time < ?", [(NOW - timedelta(hours=20)).timestamp()]
+    )
+    assert store.state("sasl:x", [3600, 86400], NOW).counts == ((3600, 2, 4), (86400, 40, 80))
+    # a message whose clock is behind the last one recorded still counts, in order
+    with store.transaction("sasl:x", [3600], NOW - timedelta(hours=5)) as tx:
+        tx.count(1, "late")
+    assert store.state("sasl:x", [3600], NOW).counts == ((3600, 3, 5),)

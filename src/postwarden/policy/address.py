@@ -11,9 +11,9 @@ address: a value two parsers read differently is refused.
 from __future__ import annotations
 
 import email.errors
-import functools
 import email.header
 import email.policy
+import functools
 import re
 from dataclasses import dataclass
 

@@ -102,12 +102,28 @@ def _m005_dns_checks(db: sqlite_utils.Database) -> None:
     db.table("dns_checks").create_index(["domain", "run_at"])
 
 
+def _m006_rate_running_totals(db: sqlite_utils.Database) -> None:
+    # Running totals per sender: a window's count is two index lookups, not a scan of every
+    # message the sender sent in it (which grew with the sender's volume).
+    db.execute("ALTER TABLE rate_events ADD COLUMN cum_msgs INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE rate_events ADD COLUMN cum_rcpts INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "UPDATE rate_events SET (cum_msgs, cum_rcpts) = (SELECT c.m, c.r FROM (SELECT id,"
+        " COUNT(*) OVER w AS m, SUM(rcpts) OVER w AS r FROM rate_events"
+        " WINDOW w AS (PARTITION BY identity ORDER BY time, id)) AS c WHERE c.id = rate_events.id)"
+    )
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS idx_rate_events_identity_time_id ON rate_events (identity, time, id)"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_decisions", _m001_decisions),
     ("002_audit", _m002_audit),
     ("003_daemon", _m003_daemon),
     ("004_rate", _m004_rate),
     ("005_dns_checks", _m005_dns_checks),
+    ("006_rate_running_totals", _m006_rate_running_totals),
 ]
 
 

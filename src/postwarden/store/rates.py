@@ -26,17 +26,19 @@ KEEP_EVENTS_S = 2 * 86400  # the longest window is a day; keep a margin
 class RateTransaction:
     conn: sqlite3.Connection
     identity: str
-    now: datetime
+    now: float  # the event time: never before the sender's latest, so totals stay in order
     state: RateState
+    totals: tuple[int, int]  # the sender's running totals so far (messages, recipients)
 
     def count(self, rcpts: int, queue_id: str) -> None:
         self.conn.execute(
-            "INSERT INTO rate_events (identity, time, rcpts, queue_id) VALUES (?, ?, ?, ?)",
-            [self.identity, self.now.timestamp(), rcpts, queue_id],
+            "INSERT INTO rate_events (identity, time, rcpts, queue_id, cum_msgs, cum_rcpts)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [self.identity, self.now, rcpts, queue_id, self.totals[0] + 1, self.totals[1] + rcpts],
         )
 
     def lock(self, cap: str, queue_id: str) -> None:
-        when = self.now.astimezone(UTC).isoformat()
+        when = datetime.fromtimestamp(self.now, UTC).isoformat()
         self.conn.execute(
             "INSERT OR IGNORE INTO locks (identity, locked_at, cap, queue_id) VALUES (?, ?, ?, ?)",
             [self.identity, when, cap, queue_id],
@@ -47,27 +49,37 @@ class RateTransaction:
         )
 
 
+def _latest(conn: sqlite3.Connection, identity: str) -> tuple[float, int, int] | None:
+    row = conn.execute(
+        "SELECT time, cum_msgs, cum_rcpts FROM rate_events WHERE identity = ?"
+        " ORDER BY time DESC, id DESC LIMIT 1",
+        [identity],
+    ).fetchone()
+    return (float(row[0]), int(row[1]), int(row[2])) if row else None
+
+
 def read_state(
     conn: sqlite3.Connection, identity: str, windows: list[int], now: float
 ) -> RateState:
+    """The sender's lock and, per window, the messages and recipients counted in it: the
+    running totals now, less the totals just before the window's first event."""
     row = conn.execute(
         "SELECT locked_at, cap, queue_id FROM locks WHERE identity = ?", [identity]
     ).fetchone()
     lock = Lock(identity, row[0], row[1], row[2]) if row else None
-    if not windows:
-        return RateState(lock=lock)
-    # One pass over the sender's events in the longest window, a sum per window.
-    sums = ", ".join(
-        f"COALESCE(SUM(time > {now - w!r}), 0), COALESCE(SUM(CASE WHEN time > {now - w!r}"
-        " THEN rcpts ELSE 0 END), 0)"
-        for w in windows
-    )
-    values = conn.execute(
-        f"SELECT {sums} FROM rate_events WHERE identity = ? AND time > ?",
-        [identity, now - max(windows)],
-    ).fetchone()
-    counts = tuple((w, int(values[2 * i]), int(values[2 * i + 1])) for i, w in enumerate(windows))
-    return RateState(lock=lock, counts=counts)
+    latest = _latest(conn, identity)
+    counts = []
+    for w in windows:
+        first = conn.execute(
+            "SELECT cum_msgs - 1, cum_rcpts - rcpts FROM rate_events WHERE identity = ?"
+            " AND time > ? ORDER BY time, id LIMIT 1",
+            [identity, now - w],
+        ).fetchone()
+        if latest is None or first is None:
+            counts.append((w, 0, 0))
+        else:
+            counts.append((w, latest[1] - int(first[0]), latest[2] - int(first[1])))
+    return RateState(lock=lock, counts=tuple(counts))
 
 
 class RateStore:
@@ -108,8 +120,13 @@ class RateStore:
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                state = read_state(conn, identity, windows, now.timestamp())
-                yield RateTransaction(conn, identity, now, state)
+                latest = _latest(conn, identity)
+                # Messages commit in the order they take the lock, which need not be the order
+                # of their clocks: an event never goes before the sender's latest.
+                at = max(now.timestamp(), latest[0]) if latest else now.timestamp()
+                state = read_state(conn, identity, windows, at)
+                totals = (latest[1], latest[2]) if latest else (0, 0)
+                yield RateTransaction(conn, identity, at, state, totals)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
