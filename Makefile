@@ -49,7 +49,7 @@ pytest:
 	$(BIN)/pytest -q
 
 # postwarden against OpenDKIM and no milter on one private Postfix; writes docs/benchmarks.md.
-# About 20 minutes on 2 cores (BENCH_REPS, BENCH_MESSAGES, BENCH_SESSIONS, BENCH_MEMORY).
+# About 10 minutes on 2 cores (BENCH_REPS, BENCH_MESSAGES, BENCH_SESSIONS, BENCH_MEMORY).
 bench: install
 	$(BIN)/python bench/run.py
 

@@ -443,6 +443,10 @@ signing, 500 messages) shows, per message:
 At 100 KB the body is canonicalised and hashed as it arrives (bulk regex per chunk, proven
 equal to dkimpy), and it is kept only when the message can hold HTML to wrap.
 
+The decision time is measured under the 20-session load, so it includes the waits for the
+GIL and for SQLite's write lock (the rate transaction against the writer thread's batches);
+p99 is where those waits show. That tail was not investigated further.
+
 What would close the rest: moving the per-message SQLite work (the rate transaction) off
 the libmilter thread's critical path, for example by batching counts in memory with a
 short write-behind, at the cost of exactness across processes; or a C extension for the
@@ -507,9 +511,15 @@ def report(summary, latency, verified, decision, memory, took) -> str:  # type: 
         "|---|---|",
         *[f"| {n:,} | {kb / 1024:.1f} |" for n, kb in memory],
     ]
+
+    def short(value: float, goal: float) -> str:
+        return f"{value:.2f}" + (
+            "" if value >= goal else f" ({(1 - value / goal) * 100:.0f}% short of {goal})"
+        )
+
     goals = [
-        ("4 KB: postwarden/OpenDKIM >= 1.25", r_od["4 KB"] >= 1.25, f"{r_od['4 KB']:.2f}"),
-        ("100 KB: postwarden/OpenDKIM >= 1.0", r_od["100 KB"] >= 1.0, f"{r_od['100 KB']:.2f}"),
+        ("4 KB: postwarden/OpenDKIM >= 1.25", r_od["4 KB"] >= 1.25, short(r_od["4 KB"], 1.25)),
+        ("100 KB: postwarden/OpenDKIM >= 1.0", r_od["100 KB"] >= 1.0, short(r_od["100 KB"], 1.0)),
         (
             "latency at or below OpenDKIM's",
             latency["postwarden"] <= latency["OpenDKIM"],
