@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -319,14 +320,9 @@ class Sandbox:
     ) -> SmtpResult:
         """Send one message; with `login`, act as that SASL user through XCLIENT."""
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=timeout) as s:
-            code, text = s.ehlo("client.sandbox.test")
-            if code != 250:
-                return SmtpResult(code, _text(text), "connect")
-            if login:
-                code, text = s.docmd("XCLIENT", f"LOGIN={login}")
-                if code != 220:
-                    return SmtpResult(code, _text(text), "xclient")
-                s.ehlo("client.sandbox.test")
+            refused = self._greet(s, login)
+            if refused:
+                return refused
             code, text = s.mail(mail_from)
             if code != 250:
                 return SmtpResult(code, _text(text), "mail")
@@ -340,6 +336,31 @@ class Sandbox:
             except smtplib.SMTPDataError as exc:
                 code, reply = exc.smtp_code, exc.smtp_error
             return SmtpResult(code, _text(reply), "data")
+
+    @staticmethod
+    def _greet(s: smtplib.SMTP, login: str | None) -> SmtpResult | None:
+        """EHLO, and with `login` XCLIENT LOGIN= and EHLO again; the refusal, if any."""
+        code, text = s.ehlo("client.sandbox.test")
+        if code != 250:
+            return SmtpResult(code, _text(text), "connect")
+        if login:
+            code, text = s.docmd("XCLIENT", f"LOGIN={login}")
+            if code != 220:
+                return SmtpResult(code, _text(text), "xclient")
+            s.ehlo("client.sandbox.test")
+        return None
+
+    @contextlib.contextmanager
+    def session(self, login: str | None = None, timeout: float = 60) -> Iterator[smtplib.SMTP]:
+        """An SMTP session ready for MAIL FROM, as `login` when given (for tests that drive
+        the conversation themselves)."""
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=timeout) as s:
+            refused = self._greet(s, login)
+            if refused:
+                raise SandboxError(
+                    f"SMTP session refused at {refused.stage}: {refused.code} {refused.text}"
+                )
+            yield s
 
     def sendmail(
         self, message: bytes, mail_from: str, rcpts: list[str], *, user: str | None = None

@@ -69,11 +69,20 @@ class Stack:
         self.sandbox.stop_all()
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    root = E2E_ROOT / uuid.uuid4().hex[:8]
+def module_stack(name: str, extra_policy: str = "") -> Iterator[Stack]:
+    """A stack of its own for one test module: the demo policy, plus `extra_policy` as
+    policies/20-extra.toml."""
+    root = E2E_ROOT / f"{name}-{uuid.uuid4().hex[:8]}"
     s = Stack(root)
-    s.start()
+    if extra_policy:
+        (s.config.parent / "policies" / "20-extra.toml").write_text(extra_policy)
     yield s
     s.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    for s in module_stack("postfix"):
+        s.start()
+        yield s

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import smtplib
 import uuid
 from collections.abc import Iterator
 from email import message_from_bytes
 
 import pytest
 
-from tests.e2e.conftest import E2E_ROOT, Stack
+from tests.e2e.conftest import Stack, module_stack
 
 EXTRA_POLICY = """
 [domains."sales.example.com"]
@@ -22,13 +20,9 @@ send_as = ["alice@example.com", "*@sales.example.com"]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    root = E2E_ROOT / f"identity-{uuid.uuid4().hex[:8]}"
-    s = Stack(root)
-    (s.config.parent / "policies" / "20-identity.toml").write_text(EXTRA_POLICY)
-    s.start()
-    yield s
-    s.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    for s in module_stack("identity", EXTRA_POLICY):
+        s.start()
+        yield s
 
 
 def msg(frm: str, subject: str, extra: str = "", body: str = "hello\r\n") -> bytes:
@@ -142,10 +136,7 @@ def test_headers_removed_in_every_copy_others_keep_order_missing_ones_added(stac
 
 def test_a_nul_in_from_is_refused_by_postfix_before_any_milter(stack: Stack) -> None:
     sb = stack.sandbox
-    with smtplib.SMTP("127.0.0.1", sb.smtp_port, timeout=30) as s:
-        s.ehlo("client.test")
-        s.docmd("XCLIENT", "LOGIN=alice@example.com")
-        s.ehlo("client.test")
+    with sb.session("alice@example.com", timeout=30) as s:
         s.mail("alice@example.com")
         s.rcpt("x@remote.test")
         assert s.docmd("DATA")[0] == 354

@@ -124,15 +124,11 @@ def _postwarden(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_reload_takes_effect_without_dropping_the_connection(stack: Stack) -> None:
-    import smtplib
 
     extra = stack.config.parent / "policies" / "20-reload.toml"
     extra.unlink(missing_ok=True)
     assert _postwarden(stack, "reload").returncode == 0
-    with smtplib.SMTP("127.0.0.1", stack.sandbox.smtp_port, timeout=30) as s:
-        s.ehlo("client.test")
-        s.docmd("XCLIENT", "LOGIN=carol@example.org")
-        s.ehlo("client.test")
+    with stack.sandbox.session("carol@example.org", timeout=30) as s:
         msg = message(from_="carol@example.org", subject="before reload")
         s.mail("carol@example.org")
         s.rcpt("x@remote.test")
@@ -266,13 +262,9 @@ def test_sigterm_stops_cleanly(stack: Stack) -> None:
 
 def test_sigterm_finishes_the_message_in_hand(stack: Stack) -> None:
     """A message between MAIL FROM and its final dot when SIGTERM arrives is still decided."""
-    import smtplib
 
     sb = stack.sandbox
-    with smtplib.SMTP("127.0.0.1", sb.smtp_port, timeout=30) as s:
-        s.ehlo("client.test")
-        s.docmd("XCLIENT", "LOGIN=alice@example.com")
-        s.ehlo("client.test")
+    with stack.sandbox.session("alice@example.com", timeout=30) as s:
         s.mail("alice@example.com")
         s.rcpt("x@remote.test")
         assert s.docmd("DATA")[0] == 354

@@ -4,29 +4,24 @@ postsuper processes (one per batch of 10,000 queue ids), and the time it took.""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import E2E_ROOT, Stack
+from tests.e2e.conftest import Stack, module_stack
 
 N = int(os.environ.get("POSTWARDEN_BULK_N", "10000"))
 
 
 @pytest.fixture(scope="module")
 def bulk_stack() -> Iterator[Stack]:
-    root = E2E_ROOT / f"bulk-{uuid.uuid4().hex[:8]}"
-    s = Stack(root)
-    s.start()
-    yield s
-    s.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    for s in module_stack("bulk"):
+        s.start()
+        yield s
 
 
 def test_bulk_delete_of_10000_held_messages(

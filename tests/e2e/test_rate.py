@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +14,7 @@ import pytest
 from postwarden.config import load_config
 from postwarden.store import open_db
 from tests.dkim_verify import dkimpy_results, opendkim_results, records_for
-from tests.e2e.conftest import E2E_ROOT, Stack
+from tests.e2e.conftest import Stack, module_stack
 from tests.helpers import message
 
 EXTRA_POLICY = """
@@ -31,13 +29,9 @@ SPAMMER = "sasl:spammer@example.com"
 
 @pytest.fixture(scope="module")
 def rate_stack() -> Iterator[Stack]:
-    root = E2E_ROOT / f"rate-{uuid.uuid4().hex[:8]}"
-    s = Stack(root)
-    (s.config.parent / "policies" / "20-rate.toml").write_text(EXTRA_POLICY)
-    s.start()
-    yield s
-    s.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    for s in module_stack("rate", EXTRA_POLICY):
+        s.start()
+        yield s
 
 
 def pw(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

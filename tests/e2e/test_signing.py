@@ -5,9 +5,6 @@ OpenDKIM (`opendkim -t`)."""
 from __future__ import annotations
 
 import base64
-import shutil
-import smtplib
-import uuid
 from collections.abc import Iterator
 from email.message import Message
 
@@ -15,7 +12,7 @@ import pytest
 
 from postwarden.config import load_config
 from tests.dkim_verify import dkimpy_results, opendkim_results, records_for, signature_tags
-from tests.e2e.conftest import E2E_ROOT, Stack
+from tests.e2e.conftest import Stack, module_stack
 from tests.helpers import write_key
 
 EXTRA_POLICY = """
@@ -31,18 +28,14 @@ DOMAINS = {"example.com": 2, "example.org": 1, "shop.example": 1}  # active keys
 
 @pytest.fixture(scope="module")
 def signing_stack() -> Iterator[Stack]:
-    root = E2E_ROOT / f"sign-{uuid.uuid4().hex[:8]}"
-    s = Stack(root)
-    policies = s.config.parent / "policies"
-    (policies / "20-signing.toml").write_text(EXTRA_POLICY)
-    s.allow_local("app", [f"sender@{d}" for d in DOMAINS])
-    write_key(policies / "keys/example.org/org2026.key")
-    write_key(policies / "keys/shop.example/ed2026.key", algorithm="ed25519")
-    write_key(policies / "keys/shop.example/rsa2025.key")
-    s.start()
-    yield s
-    s.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    for s in module_stack("sign", EXTRA_POLICY):
+        policies = s.config.parent / "policies"
+        s.allow_local("app", [f"sender@{d}" for d in DOMAINS])
+        write_key(policies / "keys/example.org/org2026.key")
+        write_key(policies / "keys/shop.example/ed2026.key", algorithm="ed25519")
+        write_key(policies / "keys/shop.example/rsa2025.key")
+        s.start()
+        yield s
 
 
 def variants(domain: str) -> list[tuple[str, bytes, str]]:
@@ -114,10 +107,7 @@ def send(stack: Stack, raw: bytes, sender: str, via: str) -> None:
         data = raw.replace(b"\n", b"\r\n") if via == "sendmail-crlf" else raw
         assert sb.sendmail(data, sender, ["rcpt@remote.test"]).returncode == 0
         return
-    with smtplib.SMTP("127.0.0.1", sb.smtp_port, timeout=60) as s:
-        s.ehlo("client.test")
-        s.docmd("XCLIENT", f"LOGIN={sender}")
-        s.ehlo("client.test")
+    with sb.session(sender) as s:
         s.mail(sender, ["BODY=8BITMIME"])
         s.rcpt("rcpt@remote.test")
         if via == "smtp-raw-lf":
