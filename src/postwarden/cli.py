@@ -333,16 +333,20 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 for r in json.loads(reasons or "[]"):
                     print(f"*** {r['check']}.{r['code']}: {r['text']}")
             return EX_OK
-        ids = list(args.queue_ids)
-        if args.sender:
-            ids += [
-                m.queue_id
-                for m in q.by_sender(q.with_decisions(db, q.held(postfix_dir)), args.sender)
-            ]
-        if not ids:
+        if not args.queue_ids and not args.sender:
+            print("name queue ids or --sender", file=sys.stderr)
+            return EX_USAGE
+        outcome = q.act(
+            db,
+            postfix_dir,
+            args.q_command,
+            list(args.queue_ids),
+            sender=args.sender or "",
+            note=args.note or "",
+        )
+        if not outcome.done and not outcome.missing:
             print("nothing to do: no such held messages", file=sys.stderr)
             return EX_FOUND
-        outcome = q.act(db, postfix_dir, args.q_command, ids, note=args.note or "")
     except q.PostfixError as exc:
         print(f"postwarden quarantine: {exc}", file=sys.stderr)
         return EX_TEMPFAIL

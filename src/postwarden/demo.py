@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -278,7 +279,7 @@ def _max_id(db_path: Path) -> int:
             .execute("SELECT COALESCE(MAX(id), 0) FROM decisions")
             .fetchone()[0]
         )
-    except Exception:  # noqa: BLE001  (no table yet: nothing recorded)
+    except sqlite3.Error:  # no table yet: nothing recorded
         return 0
 
 

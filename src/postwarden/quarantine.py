@@ -129,15 +129,22 @@ def act(
     action: str,
     queue_ids: list[str],
     *,
+    sender: str = "",
     note: str = "",
     batch: int = BATCH,
 ) -> Outcome:
-    """Release (postsuper -H) or delete (postsuper -d) held messages, audited."""
+    """Release (postsuper -H) or delete (postsuper -d) held messages, audited: those named,
+    and with `sender` every held message of that identity or envelope sender."""
     flag = {"release": "-H", "delete": "-d"}[action]
     started = time.monotonic()
-    in_hold = {m.queue_id for m in held(config_dir)}
-    todo = [q for q in dict.fromkeys(queue_ids) if q in in_hold]
-    missing = [q for q in dict.fromkeys(queue_ids) if q not in in_hold]
+    in_queue = held(config_dir)  # one listing, however many are held
+    in_hold = {m.queue_id for m in in_queue}
+    wanted = list(queue_ids)
+    if sender:
+        wanted += [m.queue_id for m in by_sender(with_decisions(db, in_queue), sender)]
+    wanted = list(dict.fromkeys(wanted))
+    todo = [q for q in wanted if q in in_hold]
+    missing = [q for q in wanted if q not in in_hold]
     calls, error = _postsuper(config_dir, flag, todo, batch) if todo else (0, "")
     if error:
         raise PostfixError(f"postsuper {flag}: {error}")

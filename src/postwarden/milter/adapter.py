@@ -230,7 +230,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             helo=self.conn.get("helo", ""),
             daemon_name=self.conn.get("daemon_name", ""),
             auth_login=self.auth_login,
-            local_submission=bool(self.conn.get("local")),
+            local_submission=local,
             smtputf8=self.smtputf8,
             mail_from=self.mail_from,
             rcpts=tuple(self.rcpts),
@@ -268,7 +268,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         ):
             return []
         self._edit_headers(verdict.edits)
-        self._wrap_html(verdict)
+        leaving = headers_after(self.headers, verdict.edits)
+        self._wrap_html(verdict, leaving)
         keys = [k for k in self.runtime.config.keys.get(verdict.hosted_domain, []) if k.active]
         if not keys:
             return []
@@ -277,7 +278,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         body_hash = self.body_hasher.digest_b64()
         headers = [
             (name.encode("ascii", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
-            for name, value in headers_after(self.headers, verdict.edits)
+            for name, value in leaving
         ]
         signatures = [sign(headers, body_hash, key, timestamp) for key in keys]
         for signature in signatures:
@@ -285,11 +286,10 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
         return signatures
 
-    def _wrap_html(self, verdict: Verdict) -> None:
+    def _wrap_html(self, verdict: Verdict, headers: list[tuple[str, str]]) -> None:
         if not verdict.wrap_html or self.body_chunks is None:
             return
         body = b"".join(self.body_chunks)
-        headers = headers_after(self.headers, verdict.edits)
         wrapped = wrap_bare_html(headers, body)
         if wrapped is None:
             return

@@ -59,15 +59,20 @@ def _latest(conn: sqlite3.Connection, identity: str) -> tuple[float, int, int] |
 
 
 def read_state(
-    conn: sqlite3.Connection, identity: str, windows: list[int], now: float
+    conn: sqlite3.Connection,
+    identity: str,
+    windows: list[int],
+    now: float,
+    latest: tuple[float, int, int] | None = None,
 ) -> RateState:
     """The sender's lock and, per window, the messages and recipients counted in it: the
-    running totals now, less the totals just before the window's first event."""
+    running totals now, less the totals just before the window's first event. `latest` is
+    the sender's latest event when the caller has read it already."""
     row = conn.execute(
         "SELECT locked_at, cap, queue_id FROM locks WHERE identity = ?", [identity]
     ).fetchone()
     lock = Lock(identity, row[0], row[1], row[2]) if row else None
-    latest = _latest(conn, identity)
+    latest = latest or _latest(conn, identity)
     counts = []
     for w in windows:
         first = conn.execute(
@@ -124,7 +129,7 @@ class RateStore:
                 # Messages commit in the order they take the lock, which need not be the order
                 # of their clocks: an event never goes before the sender's latest.
                 at = max(now.timestamp(), latest[0]) if latest else now.timestamp()
-                state = read_state(conn, identity, windows, at)
+                state = read_state(conn, identity, windows, at, latest)
                 totals = (latest[1], latest[2]) if latest else (0, 0)
                 yield RateTransaction(conn, identity, at, state, totals)
             except BaseException:
