@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -63,40 +60,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _daemon_status(db_path: str, pid: int) -> tuple[int, int, str] | None:
-    from postwarden.store.db import open_db
-
-    try:
-        db = open_db(db_path, readonly=True)
-        row = db.execute(
-            "SELECT reload_seq, reload_ok, reload_message FROM daemon WHERE pid = ?", [pid]
-        ).fetchone()
-    except sqlite3.Error:
-        return None
-    return (int(row[0]), int(row[1]), str(row[2])) if row else None
-
-
 def cmd_reload(args: argparse.Namespace) -> int:
+    from postwarden import control
+
     # A policy the daemon would refuse is refused here first, with its problems.
     cfg = _load(args, validate_keys=True)
-    pidfile = Path(cfg.daemon.milter.pidfile)
-    try:
-        pid = int(pidfile.read_text().strip())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        print(f"postwarden is not running (no live pid in {pidfile})", file=sys.stderr)
-        return EX_TEMPFAIL
-    before = _daemon_status(cfg.daemon.store.database, pid)
-    os.kill(pid, signal.SIGUSR1)
-    deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline:
-        status = _daemon_status(cfg.daemon.store.database, pid)
-        if status and (before is None or status[0] > before[0]):
-            print(("reloaded: " if status[1] else "refused: ") + status[2])
-            return EX_OK if status[1] else EX_CONFIG
-        time.sleep(0.1)
-    print(f"sent SIGUSR1 to {pid}, but it did not confirm within {args.wait}s", file=sys.stderr)
-    return EX_TEMPFAIL
+    code, message = control.reload(cfg, args.wait)
+    print(message, file=sys.stdout if code in (EX_OK, EX_CONFIG) else sys.stderr)
+    return code
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -389,14 +360,24 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
             f"postwarden dns-check: DNS is unreachable: no answer from {servers}", file=sys.stderr
         )
         return EX_TEMPFAIL
-    db = _db(cfg)
-    with db.conn:
-        db.conn.executemany(
-            "INSERT INTO dns_checks (run_at, domain, area, status, message, fix) VALUES (?, ?, ?, ?, ?, ?)",
-            [(report.checked_at, d, f.area, f.status, f.message, f.fix) for d, f in report.all()],
-        )
+    dnsdoctor.record(_db(cfg), report)
     print(report.as_json() if args.json else report.as_text())
     return EX_FOUND if report.failed else EX_OK
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from postwarden.tui.app import PostwardenApp
+    from postwarden.tui.backend import Backend
+
+    try:
+        backend = Backend(config_path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return EX_CONFIG
+    PostwardenApp(backend, start=args.screen).run()
+    return EX_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -593,6 +574,23 @@ def build_parser() -> argparse.ArgumentParser:
         )
         m.add_argument("--note", metavar="TEXT", help="why (kept in the audit log)")
         m.set_defaults(fn=cmd_quarantine)
+
+    s = sub.add_parser(
+        "tui",
+        help="the admin terminal UI",
+        description="The admin terminal UI over the same database and Postfix as these commands: "
+        "decisions (live), the quarantine (view, release, delete), senders (unlock), domains "
+        "(keys, DNS health, run a check) and policy (edit, validate, save, reload). Keys: 1-5 "
+        "switch screens, ctrl+p opens the command palette, ctrl+q quits; each screen's keys "
+        "are in its footer. Esc never confirms anything.",
+    )
+    s.add_argument(
+        "--screen",
+        choices=["decisions", "quarantine", "senders", "domains", "policy"],
+        default="decisions",
+        help="the screen to open on (default decisions)",
+    )
+    s.set_defaults(fn=cmd_tui)
 
     s = sub.add_parser(
         "demo",

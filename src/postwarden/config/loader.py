@@ -133,8 +133,12 @@ def _validation_problems(
     return problems
 
 
-def _read_toml(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
+def _read_toml(
+    path: Path, problems: list[Problem], text: str | None = None
+) -> dict[str, Any] | None:
     try:
+        if text is not None:
+            return tomllib.loads(text)
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
@@ -176,6 +180,7 @@ def load_policy(
     problems: list[Problem],
     warnings: list[Problem],
     validate_keys: bool = True,
+    overrides: dict[Path, str] | None = None,
 ) -> tuple[Policy | None, dict[str, list[LoadedKey]]]:
     folder = Path(daemon.policies)
     if not folder.is_dir():
@@ -191,11 +196,16 @@ def load_policy(
     merged: dict[str, Any] = {"domains": {}, "users": {}}
     owner: dict[str, str] = {}
     keys: dict[str, list[LoadedKey]] = {}
+    edited = {p.resolve(): text for p, text in (overrides or {}).items()}
+    present = {p.resolve() for p in files}
+    files = sorted(files + [p for p in edited if p not in present and p.parent == folder.resolve()])
     for path in files:
-        raw = _read_toml(path, problems)
+        text = edited.get(path.resolve())
+        raw = _read_toml(path, problems, text)
         if raw is None:
             continue
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        content = text.encode() if text is not None else path.read_bytes()
+        digest.update(path.name.encode() + b"\0" + content + b"\0")
         _check_keys(path, raw, problems, warnings, keys, validate_keys)
         try:
             parsed = PolicyFile.model_validate(raw)
@@ -287,9 +297,13 @@ def _check_keys(
             keys.setdefault(name.lower(), []).append(loaded)
 
 
-def load_config(path: Path | str, *, validate_keys: bool = True) -> Config:
+def load_config(
+    path: Path | str, *, validate_keys: bool = True, overrides: dict[Path, str] | None = None
+) -> Config:
     """Everything, validated; raises ConfigError listing every problem. validate_keys=False
-    skips OpenSSL's RSA consistency check (about 45 ms a key) for commands that sign nothing."""
+    skips OpenSSL's RSA consistency check (about 45 ms a key) for commands that sign nothing.
+    `overrides` gives a policy file's text before it is written: how the TUI checks an edit
+    with the very loader the daemon will use."""
     path = Path(path)
     problems: list[Problem] = []
     warnings: list[Problem] = []
@@ -298,7 +312,7 @@ def load_config(path: Path | str, *, validate_keys: bool = True) -> Config:
         daemon = _fallback_for_policies(path)
         if daemon is None:
             raise ConfigError(problems)
-    policy, keys = load_policy(daemon, problems, warnings, validate_keys)
+    policy, keys = load_policy(daemon, problems, warnings, validate_keys, overrides)
     if problems or policy is None:
         raise ConfigError(problems)
     return Config(path=path, daemon=daemon, policy=policy, keys=keys, warnings=warnings)

@@ -78,9 +78,18 @@ class Runtime:
             "policy_hash": verdict.policy_hash,
             "duration_ms": round(duration_ms, 3),
             "error": verdict.error,
+            "headers": header_block(facts.headers),
         }
         self.writer.insert("decisions", row)
         log.info(log_line(facts, verdict, duration_ms, signatures or []))
+
+
+HEADERS_KEPT = 16_384  # characters of the header block kept with each decision
+
+
+def header_block(headers: tuple[tuple[str, str], ...]) -> str:
+    text = "\n".join(f"{name}: {value}" for name, value in headers)
+    return text if len(text) <= HEADERS_KEPT else text[:HEADERS_KEPT] + "\n[... cut]"
 
 
 def log_line(

@@ -117,6 +117,12 @@ def _m006_rate_running_totals(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m007_decision_headers(db: sqlite_utils.Database) -> None:
+    # The header block as received, for the TUI's detail panel: a delivered message is gone
+    # from Postfix, so the decision is the only place an admin can read its headers later.
+    db.execute("ALTER TABLE decisions ADD COLUMN headers TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_decisions", _m001_decisions),
     ("002_audit", _m002_audit),
@@ -124,6 +130,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("004_rate", _m004_rate),
     ("005_dns_checks", _m005_dns_checks),
     ("006_rate_running_totals", _m006_rate_running_totals),
+    ("007_decision_headers", _m007_decision_headers),
 ]
 
 

@@ -29,6 +29,7 @@ COLUMNS = [
     "policy_hash",
     "duration_ms",
     "error",
+    "headers",
 ]
 
 
@@ -44,24 +45,51 @@ def decisions(
     db: sqlite_utils.Database,
     *,
     since: str | None = None,
+    until: str | None = None,
     sender: str | None = None,
+    domain: str | None = None,
     action: str | None = None,
+    reason: str | None = None,
+    text: str | None = None,
     queue_id: str | None = None,
     after_id: int = 0,
+    before_id: int | None = None,
     limit: int | None = 50,
 ) -> list[dict[str, Any]]:
-    """Matching decisions, oldest first; with `limit`, the newest `limit` of them."""
+    """Matching decisions, oldest first; with `limit`, the newest `limit` of them (older than
+    `before_id` when given, which is how the TUI pages back through a million rows)."""
     where = ["id > ?"]
     args: list[Any] = [after_id]
+    if before_id is not None:
+        where.append("id < ?")
+        args.append(before_id)
     if since:
         where.append("time >= ?")
         args.append(since)
+    if until:
+        where.append("time < ?")
+        args.append(until)
     if sender:
         where.append("(identity = ? OR mail_from = ? OR header_from LIKE ?)")
         args += [sender, sender, f"%{sender}%"]
+    if domain:
+        domain = domain.lower().lstrip("@")
+        where.append("(header_from LIKE ? OR mail_from LIKE ? OR identity LIKE ?)")
+        args += [f"%@{domain}%", f"%@{domain}", f"%@{domain}"]
     if action:
         where.append("action = ?")
         args.append(action)
+    if reason:
+        check, _, code = reason.partition(".")
+        pattern = f'"check": "{check}"' + (f', "code": "{code}"' if code else "")
+        where.append("reasons LIKE ?")
+        args.append(f"%{pattern}%")
+    if text:
+        where.append(
+            "(subject LIKE ? OR header_from LIKE ? OR mail_from LIKE ? OR identity LIKE ?"
+            " OR queue_id LIKE ? OR rcpts LIKE ? OR message_id LIKE ?)"
+        )
+        args += [f"%{text}%"] * 7
     if queue_id:
         where.append("queue_id = ?")
         args.append(queue_id)

@@ -1,0 +1,208 @@
+"""What the TUI does, with no UI in it: the same functions the CLI calls, over the same
+database and the same Postfix. Screens call these from worker threads, never the UI thread.
+
+One lock serialises the SQLite connection: Python's sqlite3 connection is not safe to use
+from two threads at once, and the screens' workers are threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from postwarden import control, dnsdoctor, policyedit, quarantine, senders
+from postwarden.config import Config, load_config
+from postwarden.config.loader import Problem
+from postwarden.store import migrate, open_db
+from postwarden.store.queries import decisions
+
+PAGE = 100  # decision rows a page
+HELD_PAGE = 200  # held messages a page
+
+FILTER_KEYS = ("sender", "domain", "action", "reason", "since", "until")
+
+
+@dataclass
+class DecisionFilter:
+    sender: str = ""
+    domain: str = ""
+    action: str = ""
+    reason: str = ""
+    since: str = ""
+    until: str = ""
+    text: str = ""
+
+    @classmethod
+    def parse(cls, query: str) -> DecisionFilter:
+        """ "sender:alice@example.com action:reject since:2h invoice": key:value terms, the
+        rest free text. An unknown key is an error that lists the known ones."""
+        out = cls()
+        words = []
+        for term in query.split():
+            key, sep, value = term.partition(":")
+            if sep and key in FILTER_KEYS and value:
+                setattr(out, key, value)
+            elif sep and key.isalpha() and key not in FILTER_KEYS and value:
+                raise ValueError(f'unknown filter "{key}:"; use {", ".join(FILTER_KEYS)}')
+            else:
+                words.append(term)
+        out.text = " ".join(words)
+        return out
+
+    def __str__(self) -> str:
+        parts = [f"{k}:{getattr(self, k)}" for k in FILTER_KEYS if getattr(self, k)]
+        return " ".join(parts + ([self.text] if self.text else []))
+
+
+def when(text: str, now: datetime) -> str:
+    """ "15m", "2h", "7d" ago, or an ISO time (UTC when no zone is given)."""
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1:] in units:
+        return (now - timedelta(seconds=int(text[:-1]) * units[text[-1]])).isoformat()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f'"{text}" is not a time: write 15m, 2h, 7d or 2026-11-23T10:00') from None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+class Backend:
+    def __init__(self, config_path: str | Path, now: Callable[[], datetime] | None = None) -> None:
+        self.config_path = Path(config_path)
+        self.now = now or (lambda: datetime.now(UTC))
+        self.config: Config = load_config(self.config_path, validate_keys=False)
+        self.lock = threading.Lock()
+        self.db = open_db(self.config.daemon.store.database)
+        migrate(self.db)
+
+    @property
+    def postfix_dir(self) -> str:
+        return self.config.daemon.postfix.config_directory
+
+    # ---- decisions ----------------------------------------------------------------------------
+
+    def decisions(
+        self,
+        flt: DecisionFilter,
+        *,
+        before_id: int | None = None,
+        after_id: int = 0,
+        limit: int = PAGE,
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        now = self.now()
+        with self.lock:
+            rows = decisions(
+                self.db,
+                sender=flt.sender or None,
+                domain=flt.domain or None,
+                action=flt.action or None,
+                reason=flt.reason or None,
+                since=when(flt.since, now) if flt.since else None,
+                until=when(flt.until, now) if flt.until else None,
+                text=flt.text or None,
+                before_id=before_id,
+                after_id=after_id,
+                limit=limit,
+            )
+        return list(reversed(rows))
+
+    # ---- quarantine ---------------------------------------------------------------------------
+
+    def held(self) -> list[quarantine.Held]:
+        """Every held message with its decision, oldest first (one postqueue call)."""
+        messages = quarantine.held(self.postfix_dir)
+        with self.lock:
+            return quarantine.with_decisions(self.db, messages)
+
+    def show(self, queue_id: str) -> str:
+        return quarantine.show(self.postfix_dir, queue_id)
+
+    def act(
+        self, action: str, queue_ids: list[str], sender: str = "", note: str = ""
+    ) -> quarantine.Outcome:
+        with self.lock:
+            return quarantine.act(
+                self.db, self.postfix_dir, action, queue_ids, sender=sender, note=note or "tui"
+            )
+
+    # ---- senders ------------------------------------------------------------------------------
+
+    def senders(self) -> list[senders.SenderStatus]:
+        with self.lock:
+            return senders.statuses(self.db, self.config.policy, self.now())
+
+    def unlock(self, identity: str, note: str) -> bool:
+        with self.lock:
+            return senders.unlock(self.db, identity, note)
+
+    # ---- domains ------------------------------------------------------------------------------
+
+    def domains(self) -> list[dict[str, Any]]:
+        """Each hosted domain with its keys and its latest dns-check."""
+        with self.lock:
+            checks = dnsdoctor.latest(self.db)
+        out = []
+        for name in sorted(self.config.policy.domains):
+            entry = self.config.policy.domains[name]
+            run_at, findings = checks.get(name, ("", []))
+            out.append(
+                {
+                    "domain": name,
+                    "include_subdomains": entry.include_subdomains,
+                    "keys": [
+                        {
+                            "selector": k.selector,
+                            "active": k.active,
+                            "algorithm": next(
+                                (
+                                    f"rsa-{lk.bits}" if lk.algorithm == "rsa" else lk.algorithm
+                                    for lk in self.config.keys.get(name, [])
+                                    if lk.selector == k.selector
+                                ),
+                                "?",
+                            ),
+                        }
+                        for k in entry.keys
+                    ],
+                    "checked_at": run_at,
+                    "findings": findings,
+                }
+            )
+        return out
+
+    def dns_check(
+        self, domains: list[str] | None, progress: Callable[[int, int, str], None]
+    ) -> dnsdoctor.Report:
+        config = load_config(self.config_path, validate_keys=False)
+        report = dnsdoctor.run(config, domains, now=self.now(), progress=progress)
+        if not report.unreachable:
+            with self.lock:
+                dnsdoctor.record(self.db, report)
+        return report
+
+    # ---- policy -------------------------------------------------------------------------------
+
+    def policy_entries(self) -> list[policyedit.Entry]:
+        return policyedit.entries(self.config.daemon.policies)
+
+    def policy_files(self) -> list[Path]:
+        return policyedit.policy_files(self.config.daemon.policies)
+
+    def check_edit(self, file: Path, text: str) -> list[Problem]:
+        return policyedit.validate(self.config_path, file, text)
+
+    def save_and_reload(self, file: Path, text: str) -> tuple[int, str]:
+        """Validate, write, reload. Refused (78) with the loader's problems, and nothing
+        written, when the daemon would refuse it."""
+        problems = self.check_edit(file, text)
+        if problems:
+            return control.EX_CONFIG, "\n".join(str(p) for p in problems)
+        policyedit.save(file, text)
+        self.config = load_config(self.config_path, validate_keys=False)
+        return control.reload(load_config(self.config_path), wait=10.0)
