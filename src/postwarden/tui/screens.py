@@ -540,7 +540,7 @@ class SendersScreen(BaseScreen):
         for s in rows:
             lock = (
                 Text(
-                    f"LOCKED {short_time(s.locked_at)} {s.lock_cap} {s.lock_queue_id}",
+                    f"LOCKED {s.locked_at[11:19]} {s.lock_cap}",
                     style="bold red",
                 )
                 if s.locked
@@ -586,7 +586,7 @@ class SendersScreen(BaseScreen):
     def unlock(self, identity: str, note: str) -> None:
         ok = self.backend.unlock(identity, note)
         self.say(f"unlocked {identity}" if ok else f"{identity} was not locked")
-        self.load()
+        self.app.call_from_thread(self.load)
 
 
 # ---- domains -----------------------------------------------------------------------------------
@@ -714,7 +714,7 @@ class DomainsScreen(BaseScreen):
                 f"{len(report.domains)} domain(s): {c['pass']} pass, {c['warn']} warn, "
                 f"{c['fail']} fail, {c['unknown']} unknown"
             )
-        self.load()
+        self.app.call_from_thread(self.load)
 
 
 # ---- policy ------------------------------------------------------------------------------------
@@ -909,14 +909,13 @@ class PolicyScreen(BaseScreen):
             self.show_errors("not saved: the loader refused it\n" + message)
             self.set_status(Text("not saved", style="bold red"))
             return
-        self.query_one("#errors", Static).update("")
+        self.entry = None
+        self.refresh_entries(select)
         if code == 0:
             self.say(f"saved; {message}", timeout=8)
         else:
             self.say(f"saved; {message}", severity="warning", timeout=8)
         self.set_status(f"saved · {message}")
-        self.entry = None
-        self.refresh_entries(select)
 
     def show_errors(self, message: str) -> None:
         self.query_one("#errors", Static).update(Text(message, style="bold red"))
