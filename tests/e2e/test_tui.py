@@ -266,7 +266,8 @@ def test_decisions_screen_is_live(tui_stack: Stack) -> None:
 
     async def script(app: PostwardenApp, pilot: Pilot[Any]) -> None:
         screen = app.screen
-        await until(pilot, lambda: len(screen.rows) > 0)
+        status = screen.query_one("#status", Static)
+        await until(pilot, lambda: str(status.render()).startswith("page 1"))
         address = "t-view@example.com"
         await asyncio.to_thread(
             tui_stack.sandbox.smtp_send,
@@ -275,7 +276,7 @@ def test_decisions_screen_is_live(tui_stack: Stack) -> None:
             ["x@remote.test"],
             login=address,
         )
-        await until(pilot, lambda: screen.rows[0]["subject"] == "live one")
+        await until(pilot, lambda: bool(screen.rows) and screen.rows[0]["subject"] == "live one")
         assert "live one" in str(screen.query_one("#detail", Static).render())
 
     run(tui_stack, "decisions", script)
