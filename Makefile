@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
 APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns clean
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui clean
 
 install: deps-apt venv
 
@@ -56,6 +56,11 @@ bench: install
 # dns-check over 100 domains against a loopback DNS server that delays every answer by 100 ms.
 bench-dns: install
 	$(BIN)/python bench/dns_check_100.py
+
+# The TUI over 1,000,000 decisions and 100,000 held messages: time to first paint, next page,
+# and the UI's worst stall; writes docs/tui-benchmark.md (about 30 seconds).
+bench-tui: install
+	$(BIN)/python bench/tui.py
 
 clean: demo-stop
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
