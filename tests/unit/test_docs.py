@@ -146,5 +146,5 @@ def test_readme_shows_the_two_commands_and_why_src_layout() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme and "make demo-stop" in readme
     assert "pymilter owns the import name `milter`" in readme
-    for cmd in ("check-config", "reload", "db migrate", "log"):
+    for cmd in ("check-config", "reload", "db migrate", "log", "tui"):
         assert f"postwarden {cmd}" in readme or f"`{cmd}" in readme, cmd
