@@ -7,6 +7,8 @@ key, so nothing destructive hangs on it: confirming takes "y" or the confirm but
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,17 +17,19 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class Dialog(ModalScreen[Any]):
+    def __init__(self, title: str, body: str, confirm_label: str) -> None:
+        super().__init__()
+        self.title_text, self.body, self.confirm_label = title, body, confirm_label
+
+
+class ConfirmScreen(Dialog):
     """Yes/no. Focus starts on Cancel, so a stray Enter does nothing harmful."""
 
     BINDINGS = [
         Binding("y", "confirm", "Yes, do it"),
         Binding("n,escape", "cancel", "Cancel"),
     ]
-
-    def __init__(self, title: str, body: str, confirm_label: str) -> None:
-        super().__init__()
-        self.title_text, self.body, self.confirm_label = title, body, confirm_label
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
@@ -48,14 +52,10 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(False)
 
 
-class NoteScreen(ModalScreen[str | None]):
+class NoteScreen(Dialog):
     """Asks for a note (why a sender is unlocked); None when cancelled."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, title: str, body: str, confirm_label: str) -> None:
-        super().__init__()
-        self.title_text, self.body, self.confirm_label = title, body, confirm_label
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):

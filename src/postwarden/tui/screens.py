@@ -137,6 +137,16 @@ class BaseScreen(Screen[None]):
         # Text, never markup: a filter or a sender may hold "[", which markup would misread.
         self.query_one("#status", Static).update(Text(text) if isinstance(text, str) else text)
 
+    def refill(self, rows: list[tuple[str, list[Any]]]) -> None:
+        """Replace the table's rows (key, cells), keeping the cursor on the same line."""
+        table = self.query_one(DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        if rows:
+            table.move_cursor(row=min(cursor, len(rows) - 1))
+
     def say(self, message: str, severity: str = "information", timeout: float = 6) -> None:
         """A toast, from any thread, never read as markup."""
         level = severity if severity in ("warning", "error") else "information"
@@ -355,26 +365,27 @@ class QuarantineScreen(BaseScreen):
         return max(1, -(-len(self.matching()) // HELD_PAGE))
 
     def render_page(self) -> None:
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
         matching = self.matching()
         self.page_no = min(self.page_no, self.pages())
         self.shown = page(matching, self.page_no, HELD_PAGE)
         now = self.backend.now().timestamp()
-        table.clear()
-        for m in self.shown:
-            table.add_row(
-                "●" if m.queue_id in self.selected else " ",
-                m.queue_id,
-                age(now - m.arrival_time),
-                m.identity or m.sender,
-                ",".join(m.reasons),
-                m.subject,
-                m.header_from,
-                key=m.queue_id,
-            )
-        if self.shown:
-            table.move_cursor(row=min(cursor, len(self.shown) - 1))
+        self.refill(
+            [
+                (
+                    m.queue_id,
+                    [
+                        "●" if m.queue_id in self.selected else " ",
+                        m.queue_id,
+                        age(now - m.arrival_time),
+                        m.identity or m.sender,
+                        ",".join(m.reasons),
+                        m.subject,
+                        m.header_from,
+                    ],
+                )
+                for m in self.shown
+            ]
+        )
         flt = f" · sender {self.sender_filter}" if self.sender_filter else ""
         sel = f" · {len(self.selected)} selected" if self.selected else ""
         self.set_status(f"{len(matching)} held{flt} · page {self.page_no} of {self.pages()}{sel}")
@@ -533,24 +544,23 @@ class SendersScreen(BaseScreen):
         self.app.call_from_thread(self.show_rows, rows)
 
     def show_rows(self, rows: list[Any]) -> None:
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
         self.rows = rows
-        table.clear()
-        for s in rows:
-            lock = (
-                Text(
-                    f"LOCKED {s.locked_at[11:19]} {s.lock_cap}",
-                    style="bold red",
+        self.refill(
+            [
+                (
+                    s.identity,
+                    [
+                        s.identity,
+                        Text(f"LOCKED {s.locked_at[11:19]} {s.lock_cap}", style="bold red")
+                        if s.locked
+                        else "",
+                        caps_text(s.messages),
+                        caps_text(s.recipients),
+                    ],
                 )
-                if s.locked
-                else Text("")
-            )
-            table.add_row(
-                s.identity, lock, caps_text(s.messages), caps_text(s.recipients), key=s.identity
-            )
-        if rows:
-            table.move_cursor(row=min(cursor, len(rows) - 1))
+                for s in rows
+            ]
+        )
         locked = sum(1 for s in rows if s.locked)
         self.set_status(
             f"{len(rows)} sender(s) with mail counted in the last day · {locked} locked"
@@ -627,10 +637,8 @@ class DomainsScreen(BaseScreen):
         self.app.call_from_thread(self.show_rows, rows)
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
-        table = self.query_one(DataTable)
-        cursor = table.cursor_row
         self.rows = rows
-        table.clear()
+        lines = []
         for d in rows:
             keys = ", ".join(
                 f"{k['selector']}:{k['algorithm']}" + ("" if k["active"] else " (staged)")
@@ -645,9 +653,8 @@ class DomainsScreen(BaseScreen):
                 worst = next((s for s in ("fail", "unknown", "warn", "pass") if s in statuses), "")
                 cells.append(Text(worst or "-", style=STATUS_STYLE.get(worst, "dim")))
             cells.append(short_time(d["checked_at"]) if d["checked_at"] else "never")
-            table.add_row(*cells, key=d["domain"])
-        if rows:
-            table.move_cursor(row=min(cursor, len(rows) - 1))
+            lines.append((d["domain"], cells))
+        self.refill(lines)
         never = sum(1 for d in rows if not d["checked_at"])
         self.set_status(
             f"{len(rows)} hosted domain(s)"
