@@ -100,3 +100,21 @@ def test_queries_filter_and_order(tmp_path: Path) -> None:
     assert [r["queue_id"] for r in since] == ["Q28", "Q29"]
     after = queries.decisions(db, after_id=got[-2]["id"], limit=None)
     assert [r["queue_id"] for r in after] == ["Q29"]
+
+
+def test_a_root_command_leaves_the_wal_files_to_the_database_owner(tmp_path: Path) -> None:
+    """The TUI and the admin commands run as root; the daemon as its own user. Whoever opens
+    the database first must not leave -wal and -shm files the daemon cannot write."""
+    import os
+
+    assert os.geteuid() == 0, "the tests run as root: make test"
+    path = tmp_path / "owned.db"
+    open_db(path).conn.close()
+    os.chown(path, 65534, 65534)  # as if the daemon's user had created it
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"owned.db{suffix}").unlink(missing_ok=True)
+    db = open_db(path)
+    db.execute("CREATE TABLE t (x)")
+    for suffix in ("-wal", "-shm"):
+        st = (tmp_path / f"owned.db{suffix}").stat()
+        assert (st.st_uid, st.st_gid) == (65534, 65534), suffix
