@@ -29,9 +29,13 @@ def app() -> PostwardenApp:
 
 
 async def settle(pilot: Pilot[Any]) -> None:
+    """The workers' results painted and the tables' column widths worked out: a DataTable
+    sizes its columns on a later refresh, so a single pause can catch them half-done."""
     await pilot.pause()
     await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+    for _ in range(3):
+        await pilot.pause(0.05)
+    await pilot.wait_for_scheduled_animations()
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
