@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,24 +81,16 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-_REL = re.compile(r"^(\d+)\s*([smhd])$")
-
-
 def parse_since(text: str, now: datetime) -> str:
     """ "15m", "2h", "7d", or an ISO time (UTC when no zone is given)."""
-    m = _REL.match(text.strip())
-    if m:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return (now - timedelta(**{unit: int(m.group(1))})).isoformat()
+    from postwarden.store.queries import point_in_time
+
     try:
-        when = datetime.fromisoformat(text)
+        return point_in_time(text, now)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--since {text!r}: use 15m, 2h, 7d or an ISO time such as 2026-11-23T10:00"
         ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat()
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:

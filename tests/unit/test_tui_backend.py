@@ -10,7 +10,8 @@ import pytest
 
 from postwarden import policyedit
 from postwarden.config import ConfigError, load_config
-from postwarden.tui.backend import Backend, DecisionFilter, when
+from postwarden.store.queries import point_in_time as when
+from postwarden.tui.backend import Backend, DecisionFilter
 from tests.tui.seed import FROZEN, POLICY, backend
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

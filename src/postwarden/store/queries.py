@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlite_utils
@@ -31,6 +33,25 @@ COLUMNS = [
     "error",
     "headers",
 ]
+
+
+_AGO = re.compile(r"^(\d+)\s*([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def point_in_time(text: str, now: datetime) -> str:
+    """ "15m", "2h", "7d" ago, or an ISO time (UTC when no zone is given), as the ISO UTC text
+    the decisions table sorts by: `log --since` and the TUI's since:/until: filters."""
+    m = _AGO.match(text.strip())
+    if m:
+        return (now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})).isoformat()
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f'"{text}" is not a time: write 15m, 2h, 7d or 2026-11-23T10:00') from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat()
 
 
 def decode(row: dict[str, Any]) -> dict[str, Any]:

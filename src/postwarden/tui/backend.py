@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from postwarden import control, dnsdoctor, policyedit, quarantine, senders
 from postwarden.config import Config, load_config
 from postwarden.config.loader import Problem
 from postwarden.store import migrate, open_db
-from postwarden.store.queries import decisions
+from postwarden.store.queries import decisions, point_in_time
 
 PAGE = 100  # decision rows a page
 HELD_PAGE = 200  # held messages a page
@@ -58,19 +58,6 @@ class DecisionFilter:
         return " ".join(parts + ([self.text] if self.text else []))
 
 
-def when(text: str, now: datetime) -> str:
-    """ "15m", "2h", "7d" ago, or an ISO time (UTC when no zone is given)."""
-    text = text.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[:-1].isdigit() and text[-1:] in units:
-        return (now - timedelta(seconds=int(text[:-1]) * units[text[-1]])).isoformat()
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f'"{text}" is not a time: write 15m, 2h, 7d or 2026-11-23T10:00') from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
-
-
 class Backend:
     def __init__(self, config_path: str | Path, now: Callable[[], datetime] | None = None) -> None:
         self.config_path = Path(config_path)
@@ -103,8 +90,8 @@ class Backend:
                 domain=flt.domain or None,
                 action=flt.action or None,
                 reason=flt.reason or None,
-                since=when(flt.since, now) if flt.since else None,
-                until=when(flt.until, now) if flt.until else None,
+                since=point_in_time(flt.since, now) if flt.since else None,
+                until=point_in_time(flt.until, now) if flt.until else None,
                 text=flt.text or None,
                 before_id=before_id,
                 after_id=after_id,
