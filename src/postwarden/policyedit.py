@@ -17,8 +17,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from postwarden.config import ConfigError, load_config
-from postwarden.config.loader import Problem
+from postwarden.config import Config, load_config
 
 
 class FormError(ValueError):
@@ -242,13 +241,10 @@ def apply(text: str, form: Form) -> str:
     return tomlkit.dumps(doc)
 
 
-def validate(config_path: str | Path, file: Path, text: str) -> list[Problem]:
-    """The daemon's loader over the new text, key files included: [] when it would be taken."""
-    try:
-        load_config(config_path, validate_keys=True, overrides={file: text})
-    except ConfigError as exc:
-        return exc.problems
-    return []
+def validate(config_path: str | Path, file: Path, text: str) -> Config:
+    """The daemon's loader over the new text, key files included: the config the daemon
+    would take, or ConfigError with every problem."""
+    return load_config(config_path, validate_keys=True, overrides={file: text})
 
 
 def save(file: Path, text: str) -> None:

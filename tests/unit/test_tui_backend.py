@@ -217,12 +217,15 @@ def test_the_loader_checks_new_text_before_it_is_written(seeded: Backend) -> Non
         f'{file}: users."mallory@example.com".send_as[0]: "nobody" is not a send_as pattern:'
         " use an address, *@domain, *@*.domain or {login} (got 'nobody')"
     ]
-    code, message = seeded.save_and_reload(file, bad)
-    assert code == 78 and "nobody" in message
+    result = seeded.save_and_reload(file, bad)
+    assert result.code == 78 and "nobody" in result.message
+    assert not result.written
     assert file.read_text() == before  # refused: nothing written
     good = policyedit.apply(before, policyedit.UserForm("mallory@example.com", messages="7/minute"))
-    code, message = seeded.save_and_reload(file, good)
-    assert code == 75 and "not running" in message  # saved, but no daemon here to reload
+    result = seeded.save_and_reload(file, good)
+    assert (
+        result.code == 75 and "not running" in result.message
+    )  # saved, but no daemon here to reload
     assert '"7/minute"' in file.read_text()
     assert seeded.config.policy.users["mallory@example.com"].rate.messages == ["7/minute"]  # type: ignore[union-attr]
 

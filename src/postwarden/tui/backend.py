@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from postwarden import control, dnsdoctor, policyedit, quarantine, senders
-from postwarden.config import Config, load_config
+from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import Problem
 from postwarden.store import migrate, open_db
 from postwarden.store.queries import decisions, point_in_time
@@ -56,6 +56,15 @@ class DecisionFilter:
     def __str__(self) -> str:
         parts = [f"{k}:{getattr(self, k)}" for k in FILTER_KEYS if getattr(self, k)]
         return " ".join(parts + ([self.text] if self.text else []))
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A policy edit's outcome: written or not, then the reload's exit code and message."""
+
+    written: bool
+    code: int
+    message: str
 
 
 class Backend:
@@ -166,8 +175,7 @@ class Backend:
     def dns_check(
         self, domains: list[str] | None, progress: Callable[[int, int, str], None]
     ) -> dnsdoctor.Report:
-        config = load_config(self.config_path, validate_keys=False)
-        report = dnsdoctor.run(config, domains, now=self.now(), progress=progress)
+        report = dnsdoctor.run(self.config, domains, now=self.now(), progress=progress)
         if not report.unreachable:
             with self.lock:
                 dnsdoctor.record(self.db, report)
@@ -182,14 +190,19 @@ class Backend:
         return policyedit.policy_files(self.config.daemon.policies)
 
     def check_edit(self, file: Path, text: str) -> list[Problem]:
-        return policyedit.validate(self.config_path, file, text)
+        try:
+            policyedit.validate(self.config_path, file, text)
+        except ConfigError as exc:
+            return exc.problems
+        return []
 
-    def save_and_reload(self, file: Path, text: str) -> tuple[int, str]:
+    def save_and_reload(self, file: Path, text: str) -> Saved:
         """Validate, write, reload. Refused (78) with the loader's problems, and nothing
         written, when the daemon would refuse it."""
-        problems = self.check_edit(file, text)
-        if problems:
-            return control.EX_CONFIG, "\n".join(str(p) for p in problems)
+        try:
+            config = policyedit.validate(self.config_path, file, text)
+        except ConfigError as exc:
+            return Saved(False, control.EX_CONFIG, "\n".join(str(p) for p in exc.problems))
         policyedit.save(file, text)
-        self.config = load_config(self.config_path, validate_keys=False)
-        return control.reload(load_config(self.config_path), wait=10.0)
+        self.config = config  # what was just checked is what is now on disk
+        return Saved(True, *control.reload(config, wait=10.0))

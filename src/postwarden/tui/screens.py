@@ -3,6 +3,7 @@ thread, so a slow query or a 100,000-message hold queue never freezes the keyboa
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,8 @@ from textual.widgets import (
 )
 
 from postwarden import policyedit
-from postwarden.config import ConfigError
 from postwarden.quarantine import Held, PostfixError, by_sender, page
-from postwarden.tui.backend import HELD_PAGE, PAGE, Backend, DecisionFilter
+from postwarden.tui.backend import HELD_PAGE, PAGE, Backend, DecisionFilter, Saved
 from postwarden.tui.modals import ConfirmScreen, MessageScreen, NoteScreen
 
 SCREENS = [
@@ -708,7 +708,7 @@ class DomainsScreen(BaseScreen):
         self.app.call_from_thread(start)
         try:
             report = self.backend.dns_check(domains, progress)
-        except (ConfigError, OSError) as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.say(f"dns-check: {exc}", severity="error")
             return
         finally:
@@ -908,21 +908,19 @@ class PolicyScreen(BaseScreen):
 
     @work(thread=True, exclusive=True, group="save")
     def save(self, file: Path, text: str, select: tuple[str, str]) -> None:
-        code, message = self.backend.save_and_reload(file, text)
-        self.app.call_from_thread(self.saved, code, message, select)
+        result = self.backend.save_and_reload(file, text)
+        self.app.call_from_thread(self.saved, result, select)
 
-    def saved(self, code: int, message: str, select: tuple[str, str]) -> None:
-        if code == 78 and not message.startswith("refused: "):
-            self.show_errors("not saved: the loader refused it\n" + message)
+    def saved(self, result: Saved, select: tuple[str, str]) -> None:
+        if not result.written:
+            self.show_errors("not saved: the loader refused it\n" + result.message)
             self.set_status(Text("not saved", style="bold red"))
             return
         self.entry = None
         self.refresh_entries(select)
-        if code == 0:
-            self.say(f"saved; {message}", timeout=8)
-        else:
-            self.say(f"saved; {message}", severity="warning", timeout=8)
-        self.set_status(f"saved · {message}")
+        severity = "information" if result.code == 0 else "warning"
+        self.say(f"saved; {result.message}", severity=severity, timeout=8)
+        self.set_status(f"saved · {result.message}")
 
     def show_errors(self, message: str) -> None:
         self.query_one("#errors", Static).update(Text(message, style="bold red"))
