@@ -137,6 +137,11 @@ class BaseScreen(Screen[None]):
         # Text, never markup: a filter or a sender may hold "[", which markup would misread.
         self.query_one("#status", Static).update(Text(text) if isinstance(text, str) else text)
 
+    def under_cursor(self, items: list[Any]) -> Any | None:
+        """The item shown on the table's cursor row, or None when the table is empty."""
+        row = self.query_one(DataTable).cursor_row
+        return items[row] if 0 <= row < len(items) else None
+
     def refill(self, rows: list[tuple[str, list[Any]]]) -> None:
         """Replace the table's rows (key, cells), keeping the cursor on the same line."""
         table = self.query_one(DataTable)
@@ -228,10 +233,8 @@ class DecisionsScreen(BaseScreen):
 
     def poll(self) -> None:
         # Live only on the newest page: an admin paging back keeps a still view.
-        if self.live and not self.busy and self.rows:
-            self.fetch_new(max(r["id"] for r in self.rows))
-        elif self.live and not self.busy and not self.rows:
-            self.fetch_new(0)
+        if self.live and not self.busy:
+            self.fetch_new(self.rows[0]["id"] if self.rows else 0)
 
     def show_rows(self, rows: list[dict[str, Any]], new: bool) -> None:
         table = self.query_one(DataTable)
@@ -261,11 +264,10 @@ class DecisionsScreen(BaseScreen):
 
     @on(DataTable.RowHighlighted)
     def show_detail(self) -> None:
-        table = self.query_one(DataTable)
-        if not self.rows or table.cursor_row >= len(self.rows):
-            self.query_one("#detail", Static).update("no decisions match")
-            return
-        self.query_one("#detail", Static).update(decision_detail(self.rows[table.cursor_row]))
+        row = self.under_cursor(self.rows)
+        self.query_one("#detail", Static).update(
+            decision_detail(row) if row else "no decisions match"
+        )
 
     @on(Input.Submitted, "#filter")
     def apply_filter(self, event: Input.Submitted) -> None:
@@ -285,8 +287,8 @@ class DecisionsScreen(BaseScreen):
         self.query_one(DataTable).focus()
 
     def action_older(self) -> None:
-        if self.rows and len(self.rows) == PAGE:
-            self.pages.append(min(r["id"] for r in self.rows))
+        if len(self.rows) == PAGE:
+            self.pages.append(self.rows[-1]["id"])  # rows are newest first
             self.load()
 
     def action_newer(self) -> None:
@@ -317,6 +319,7 @@ class QuarantineScreen(BaseScreen):
     def __init__(self) -> None:
         super().__init__()
         self.items: list[Held] = []
+        self.matching: list[Held] = []  # items, through the sender filter
         self.shown: list[Held] = []
         self.selected: set[str] = set()
         self.sender_filter = ""
@@ -356,18 +359,22 @@ class QuarantineScreen(BaseScreen):
         self.items = items
         present = {m.queue_id for m in items}
         self.selected &= present
+        self.filter_items()
+
+    def filter_items(self) -> None:
+        """The sender filter, applied when the items or the filter change (with 100,000 held,
+        not on every page turn or mark)."""
+        self.matching = (
+            by_sender(self.items, self.sender_filter) if self.sender_filter else self.items
+        )
         self.render_page()
 
-    def matching(self) -> list[Held]:
-        return by_sender(self.items, self.sender_filter) if self.sender_filter else self.items
-
     def pages(self) -> int:
-        return max(1, -(-len(self.matching()) // HELD_PAGE))
+        return max(1, -(-len(self.matching) // HELD_PAGE))
 
     def render_page(self) -> None:
-        matching = self.matching()
         self.page_no = min(self.page_no, self.pages())
-        self.shown = page(matching, self.page_no, HELD_PAGE)
+        self.shown = page(self.matching, self.page_no, HELD_PAGE)
         now = self.backend.now().timestamp()
         self.refill(
             [
@@ -386,15 +393,17 @@ class QuarantineScreen(BaseScreen):
                 for m in self.shown
             ]
         )
+        self.show_counts()
+
+    def show_counts(self) -> None:
         flt = f" · sender {self.sender_filter}" if self.sender_filter else ""
         sel = f" · {len(self.selected)} selected" if self.selected else ""
-        self.set_status(f"{len(matching)} held{flt} · page {self.page_no} of {self.pages()}{sel}")
+        self.set_status(
+            f"{len(self.matching)} held{flt} · page {self.page_no} of {self.pages()}{sel}"
+        )
 
     def current(self) -> Held | None:
-        table = self.query_one(DataTable)
-        if not self.shown or table.cursor_row >= len(self.shown):
-            return None
-        return self.shown[table.cursor_row]
+        return self.under_cursor(self.shown)
 
     def action_mark(self) -> None:
         m = self.current()
@@ -405,7 +414,7 @@ class QuarantineScreen(BaseScreen):
         table.update_cell(
             m.queue_id, table.ordered_columns[0].key, "●" if m.queue_id in self.selected else " "
         )
-        self.render_page()
+        self.show_counts()
         if table.cursor_row + 1 < len(self.shown):
             table.move_cursor(row=table.cursor_row + 1)
 
@@ -461,8 +470,11 @@ class QuarantineScreen(BaseScreen):
         if outcome.missing:
             msg += f"; {len(outcome.missing)} no longer held"
         self.say(msg)
+        self.app.call_from_thread(self.acted)
+
+    def acted(self) -> None:
         self.selected.clear()
-        self.app.call_from_thread(self.action_refresh)
+        self.action_refresh()
 
     def action_release(self) -> None:
         self._confirm("release", self._targets())
@@ -501,7 +513,7 @@ class QuarantineScreen(BaseScreen):
         self.sender_filter = event.value.strip()
         self.page_no = 1
         self.query_one(DataTable).focus()
-        self.render_page()
+        self.filter_items()
 
 
 # ---- senders -----------------------------------------------------------------------------------
@@ -570,10 +582,9 @@ class SendersScreen(BaseScreen):
         self.load()
 
     def action_unlock(self) -> None:
-        table = self.query_one(DataTable)
-        if not self.rows or table.cursor_row >= len(self.rows):
+        s = self.under_cursor(self.rows)
+        if s is None:
             return
-        s = self.rows[table.cursor_row]
         if not s.locked:
             self.say(f"{s.identity} is not locked", severity="warning")
             return
@@ -664,10 +675,9 @@ class DomainsScreen(BaseScreen):
 
     @on(DataTable.RowHighlighted)
     def show_detail(self) -> None:
-        table = self.query_one(DataTable)
-        if not self.rows or table.cursor_row >= len(self.rows):
+        d = self.under_cursor(self.rows)
+        if d is None:
             return
-        d = self.rows[table.cursor_row]
         t = Text()
         t.append(f"{d['domain']}", style="bold")
         t.append(f"  last checked {d['checked_at'] or 'never'}\n")
@@ -684,9 +694,9 @@ class DomainsScreen(BaseScreen):
         self.load()
 
     def action_check_one(self) -> None:
-        table = self.query_one(DataTable)
-        if self.rows and table.cursor_row < len(self.rows):
-            self.check([self.rows[table.cursor_row]["domain"]])
+        d = self.under_cursor(self.rows)
+        if d is not None:
+            self.check([d["domain"]])
 
     def action_check_all(self) -> None:
         self.check(None)
