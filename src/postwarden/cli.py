@@ -11,10 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from postwarden import __version__
+from postwarden import EX_CONFIG, EX_FOUND, EX_OK, EX_TEMPFAIL, EX_USAGE, __version__
 from postwarden.config import ConfigError, config_path, load_config
-
-EX_OK, EX_FOUND, EX_USAGE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 2, 75, 78
 
 
 def _load(args: argparse.Namespace, *, validate_keys: bool = False) -> Any:

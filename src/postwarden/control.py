@@ -8,9 +8,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from postwarden import EX_CONFIG, EX_OK, EX_TEMPFAIL
 from postwarden.config import Config
-
-EX_OK, EX_TEMPFAIL, EX_CONFIG = 0, 75, 78
 
 
 def daemon_status(db_path: str, pid: int) -> tuple[int, int, str] | None:
@@ -41,13 +40,8 @@ def reload(cfg: Config, wait: float = 10.0) -> tuple[int, str]:
     while time.monotonic() < deadline:
         status = daemon_status(cfg.daemon.store.database, pid)
         if status and (before is None or status[0] > before[0]):
-            return (
-                (EX_OK, "reloaded: " + status[2])
-                if status[1]
-                else (
-                    EX_CONFIG,
-                    "refused: " + status[2],
-                )
-            )
+            if status[1]:
+                return EX_OK, "reloaded: " + status[2]
+            return EX_CONFIG, "refused: " + status[2]
         time.sleep(0.1)
     return EX_TEMPFAIL, f"sent SIGUSR1 to {pid}, but it did not confirm within {wait:g}s"

@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from postwarden import EX_CONFIG, EX_TEMPFAIL
 from postwarden.sandbox import Sandbox, SandboxError, port_in_use
 from postwarden.store import queries
 from postwarden.store.db import open_db
@@ -186,12 +187,12 @@ def run(workdir: Path) -> int:
                 f"port 127.0.0.1:{port} is in use by something else: stop it and run again",
                 file=sys.stderr,
             )
-            return 75
+            return EX_TEMPFAIL
     try:
         config = write_config(workdir, sandbox)
     except SandboxError as exc:
         print(f"demo: {exc}", file=sys.stderr)
-        return 78
+        return EX_CONFIG
     db_path = workdir / "etc" / "postwarden.db"
     before = _max_id(db_path)
     try:
@@ -207,7 +208,7 @@ def run(workdir: Path) -> int:
     except SandboxError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         sandbox.stop_all()
-        return 75
+        return EX_TEMPFAIL
 
     _say("[3/4] scripted traffic")
     n = 0

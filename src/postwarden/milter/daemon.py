@@ -27,6 +27,7 @@ from pathlib import Path
 
 import Milter
 
+from postwarden import EX_CONFIG, EX_TEMPFAIL
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
@@ -37,8 +38,6 @@ from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
 
-EX_CONFIG = 78
-EX_TEMPFAIL = 75
 HANDLED_SIGNALS = {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from postwarden import control, dnsdoctor, policyedit, quarantine, senders
+from postwarden import EX_CONFIG, control, dnsdoctor, policyedit, quarantine, senders
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import Problem
 from postwarden.store import migrate, open_db
@@ -202,7 +202,7 @@ class Backend:
         try:
             config = policyedit.validate(self.config_path, file, text)
         except ConfigError as exc:
-            return Saved(False, control.EX_CONFIG, "\n".join(str(p) for p in exc.problems))
+            return Saved(False, EX_CONFIG, "\n".join(str(p) for p in exc.problems))
         policyedit.save(file, text)
         self.config = config  # what was just checked is what is now on disk
         return Saved(True, *control.reload(config, wait=10.0))
