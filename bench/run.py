@@ -32,7 +32,7 @@ from tests.dkim_verify import dkimpy_results, records_for  # noqa: E402
 from tests.helpers import write_key  # noqa: E402
 
 from postwarden.config.keys import load_key  # noqa: E402
-from postwarden.sandbox import Sandbox, free_port  # noqa: E402
+from postwarden.sandbox import Sandbox, free_port, smtp_sink  # noqa: E402
 
 REPS = int(os.environ.get("BENCH_REPS", "3"))
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "2000"))
@@ -150,22 +150,7 @@ class Bench:
         self.sb.start_sink()  # no dump: the ceiling is Postfix's, not the sink's disk
         (ROOT / "dump").mkdir(exist_ok=True)
         os.chown(ROOT / "dump", *_postfix_ids())
-        self.procs.append(
-            subprocess.Popen(
-                [
-                    "smtp-sink",
-                    "-u",
-                    "postfix",
-                    "-d",
-                    f"{ROOT}/dump/%M.",
-                    f"127.0.0.1:{self.dump_port}",
-                    "100",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
+        self.procs.append(smtp_sink(ROOT / "dump", self.dump_port))
         self.sb.start_postfix()
         self.sb.start_milter(self.config)
         with (ROOT / "opendkim.log").open("wb") as log:

@@ -31,6 +31,16 @@ DEBIAN_MAIN_CF = Path("/usr/share/postfix/main.cf.debian")
 SYSTEM_MASTER_CF = Path("/etc/postfix/master.cf")
 
 
+def smtp_sink(dump_dir: str | Path, port: int) -> subprocess.Popen[bytes]:
+    """Postfix's smtp-sink on 127.0.0.1:port, writing each message to dump_dir as %M."""
+    return subprocess.Popen(
+        ["smtp-sink", "-u", "postfix", "-d", f"{dump_dir}/%M.", f"127.0.0.1:{port}", "100"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 class SandboxError(RuntimeError):
     pass
 
@@ -195,20 +205,7 @@ class Sandbox:
 
     # ---- processes -----------------------------------------------------------------------------
     def start_sink(self) -> None:
-        self.sink_proc = subprocess.Popen(
-            [
-                "smtp-sink",
-                "-u",
-                "postfix",
-                "-d",
-                f"{self.sink_dir}/%M.",
-                f"127.0.0.1:{self.sink_port}",
-                "100",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.sink_proc = smtp_sink(self.sink_dir, self.sink_port)
         self._wait_port(self.sink_port, "smtp-sink")
 
     def start_postfix(self) -> None:
