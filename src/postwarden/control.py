@@ -10,19 +10,15 @@ from pathlib import Path
 
 from postwarden import EX_CONFIG, EX_OK, EX_TEMPFAIL
 from postwarden.config import Config
+from postwarden.store import daemon_state
+from postwarden.store.db import open_db
 
 
 def daemon_status(db_path: str, pid: int) -> tuple[int, int, str] | None:
-    from postwarden.store.db import open_db
-
     try:
-        db = open_db(db_path, readonly=True)
-        row = db.execute(
-            "SELECT reload_seq, reload_ok, reload_message FROM daemon WHERE pid = ?", [pid]
-        ).fetchone()
+        return daemon_state.reload_status(open_db(db_path, readonly=True), pid)
     except sqlite3.Error:
         return None
-    return (int(row[0]), int(row[1]), str(row[2])) if row else None
 
 
 def reload(cfg: Config, wait: float = 10.0) -> tuple[int, str]:

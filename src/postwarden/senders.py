@@ -10,7 +10,8 @@ import sqlite_utils
 
 from postwarden import audit
 from postwarden.config.models import Policy
-from postwarden.store.rates import read_state
+from postwarden.policy.route import caps_for
+from postwarden.store import rates
 
 
 @dataclass
@@ -30,36 +31,28 @@ class SenderStatus:
         return {**self.__dict__, "locked": self.locked}
 
 
-def _subject(identity: str) -> tuple[str, str]:
-    kind, _, rest = identity.partition(":")
-    login = rest if kind == "sasl" else ""
-    return login, rest.rpartition("@")[2] if "@" in rest else ""
-
-
 def statuses(
     db: sqlite_utils.Database, policy: Policy, now: datetime, locked_only: bool = False
 ) -> list[SenderStatus]:
+    """Each identity's counts against the caps the milter enforces for it (policy/route.py)."""
     windows = policy.rate_windows()
     since = now.timestamp() - max(windows or [86400])
-    names = {r[0] for r in db.execute("SELECT identity FROM locks").fetchall()}
-    if not locked_only:
-        names |= {
-            r[0]
-            for r in db.execute(
-                "SELECT DISTINCT identity FROM rate_events WHERE time > ?", [since]
-            ).fetchall()
-        }
     out = []
-    for name in names:
-        state = read_state(db.conn, name, windows, now.timestamp())
-        message_caps, recipient_caps = policy.rate_limits(*_subject(name))
+    for name in rates.identities(db.conn, since, locked_only):
+        caps = caps_for(name, policy)
+        state = rates.read_state(
+            db.conn,
+            name,
+            sorted({w for _, w, _ in (*caps.messages, *caps.recipients)}),
+            now.timestamp(),
+        )
         s = SenderStatus(name)
         s.messages = [
-            {"cap": spec, "used": state.in_window(w)[0], "limit": n} for n, w, spec in message_caps
+            {"cap": spec, "used": state.in_window(w)[0], "limit": n} for n, w, spec in caps.messages
         ]
         s.recipients = [
             {"cap": spec, "used": state.in_window(w)[1], "limit": n}
-            for n, w, spec in recipient_caps
+            for n, w, spec in caps.recipients
         ]
         if state.lock:
             s.locked_at, s.lock_cap, s.lock_queue_id = (
@@ -80,12 +73,8 @@ def statuses(
 
 
 def unlock(db: sqlite_utils.Database, identity: str, note: str = "") -> bool:
-    """Lift the lock and start the sender's windows afresh: its held messages counted too, so
-    without a fresh start the admin's unlock would be undone by the sender's next message."""
-    with db.conn:
-        cur = db.conn.execute("DELETE FROM locks WHERE identity = ?", [identity])
-        if cur.rowcount:
-            db.conn.execute("DELETE FROM rate_events WHERE identity = ?", [identity])
-    if cur.rowcount:
+    """Lift the lock (and start the sender's windows afresh), audited."""
+    done = rates.unlock(db.conn, identity)
+    if done:
         audit.record(db, "unlock", [identity], note)
-    return cur.rowcount > 0
+    return done

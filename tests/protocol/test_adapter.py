@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import Milter
@@ -16,7 +17,7 @@ import pytest
 from Milter import testctx
 
 from postwarden.config import load_config
-from postwarden.milter import adapter
+from postwarden.milter import adapter, effects
 from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
 from postwarden.store import open_db, queries
@@ -58,10 +59,17 @@ class Ctx(testctx.TestCtx):  # type: ignore[misc]
         self._priv._protocol = self._protocol
         return rc
 
-    def connect(self, ip: str = "192.0.2.10", port: int = 40000, helo: str = "client.test") -> int:
+    def connect(
+        self,
+        ip: str = "192.0.2.10",
+        port: int = 40000,
+        helo: str = "client.test",
+        name: str = "client.test",
+        family: int = 2,
+    ) -> int:
         self._negotiate()
         self._stage = Milter.M_CONNECT
-        rc = Milter.connect_callback(self, "client.test", 2, (ip, port))
+        rc = Milter.connect_callback(self, name, family, (ip, port) if family == 2 else ip)
         self._stage = None
         return rc if rc != Milter.CONTINUE else self._helo(helo)
 
@@ -85,8 +93,7 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
         notifier=Notifier("/nonexistent", [], "test", "secret"),
         notice_secret="secret",
     )
-    adapter.RUNTIME = rt
-    Milter.factory = adapter.PostwardenMilter
+    Milter.factory = adapter.factory(rt)
     yield rt
     writer.flush_and_stop()
 
@@ -134,12 +141,24 @@ def test_percent_in_reply_text_is_escaped_for_libmilter(runtime: Runtime) -> Non
     assert "%%" in ctx._reply[2] or "%" not in ctx._reply[2]
 
 
-def test_local_submission_is_recognised_by_port_zero(runtime: Runtime) -> None:
+def test_local_submission_is_recognised_by_the_exact_shape_of_pickup(runtime: Runtime) -> None:
+    """Postfix's cleanup emulates a connect from "localhost" [127.0.0.1] port 0, over IPv4;
+    nothing else is local (an smtpd unix-socket client, an unknown family, another name)."""
     ctx = Ctx()
-    ctx.connect(ip="127.0.0.1", port=0, helo="localhost")
-    assert ctx.send(message(), "alice@example.com", "b@r.test") == Milter.ACCEPT
-    [r] = rows(runtime)
-    assert r["identity"] == "local:alice@example.com" and r["outbound"] is True
+    ctx.connect(ip="127.0.0.1", port=0, helo="localhost", name="localhost")
+    ctx.send(message(), "alice@example.com", "b@r.test")
+    for shape in (
+        {"ip": "127.0.0.1", "port": 0, "name": "client.test"},  # another name
+        {"ip": "127.0.0.2", "port": 0, "name": "localhost"},  # another address
+        {"ip": "/var/run/socket", "port": 0, "name": "localhost", "family": 1},  # AF_UNIX
+        {"ip": "127.0.0.1", "port": 0, "name": "localhost", "family": 10},  # another family
+    ):
+        other = Ctx()
+        other.connect(**shape)  # type: ignore[arg-type]
+        other.send(message(), "alice@example.com", "b@r.test")
+    first, *others = sorted(rows(runtime), key=lambda r: int(r["id"]))  # type: ignore[arg-type]
+    assert first["identity"].startswith("local:") and first["outbound"] is True  # type: ignore[union-attr]
+    assert [r["outbound"] for r in others] == [False] * 4
 
 
 def test_inbound_mail_is_passed_and_recorded(runtime: Runtime) -> None:
@@ -176,14 +195,14 @@ def test_a_crash_in_the_engine_tempfails_and_records_an_error(
     def boom(*a: object) -> None:
         raise ValueError("engine exploded")
 
-    monkeypatch.setattr(adapter, "evaluate", boom)
+    monkeypatch.setattr(effects, "evaluate", boom)
     ctx = Ctx()
     ctx.connect()
     rc = ctx.send(message(), "alice@example.com", "b@r.test", login="alice@example.com")
     assert rc == Milter.TEMPFAIL
     assert ctx._reply[:2] == ("451", "4.7.1")
     [r] = rows(runtime)
-    assert r["action"] == "tempfail" and r["error"] == "ValueError: engine exploded"
+    assert r["action"] == "tempfail" and r["error"] == "decide: ValueError: engine exploded"
     assert r["reasons"][0]["code"] == "error"  # type: ignore[index]
 
 
@@ -208,12 +227,12 @@ def test_on_error_accept_lets_the_message_through(
     tmp_path: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runtime.config = load_config(write_config(tmp_path / "a", on_error="accept"))
-    monkeypatch.setattr(adapter, "evaluate", lambda *a: 1 / 0)
+    monkeypatch.setattr(effects, "evaluate", lambda *a: 1 / 0)
     ctx = Ctx()
     ctx.connect()
     assert ctx.send(message(), "a@example.com", "b@r.test", login="a@example.com") == Milter.ACCEPT
     [r] = rows(runtime)
-    assert r["action"] == "accept" and r["error"].startswith("ZeroDivisionError")  # type: ignore[union-attr]
+    assert r["action"] == "accept" and r["error"].startswith("decide: ZeroDivisionError")  # type: ignore[union-attr]
 
 
 def test_negotiation_asks_only_for_what_is_used(runtime: Runtime) -> None:
@@ -293,22 +312,14 @@ def test_accepted_outbound_mail_gets_one_signature_per_active_key(signing_runtim
 def test_quarantined_mail_is_signed_too_rejected_and_inbound_mail_is_not(
     signing_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from postwarden.policy import Reason, Verdict
-
-    real_evaluate = adapter.evaluate
-    # A held message from a hosted domain (as a locked sender's will be) is signed, so that a
-    # release sends it out signed.
-    held = Verdict(
-        action=adapter.Action.QUARANTINE,
-        reasons=(Reason("from_domain", "not_hosted", adapter.Action.QUARANTINE, "held"),),
-        hosted_domain="example.com",
-    )
-    monkeypatch.setattr(adapter, "evaluate", lambda *a: held)
+    # A held message from a hosted domain (a locked sender's) is signed, so that a release
+    # sends it out signed.
+    with signing_runtime.rates.transaction("sasl:alice@example.com", [60], datetime.now(UTC)) as tx:
+        tx.lock("messages 1/minute", "Q0")
     ctx = Ctx()
     ctx.connect()
-    ctx.send(message(), "a@example.com", "b@r.test", login="a@example.com")
+    ctx.send(message(), "alice@example.com", "b@r.test", login="Alice@Example.COM")
     assert ctx.quarantined and len([a for a in ctx.added if a[0] == "DKIM-Signature"]) == 2
-    monkeypatch.setattr(adapter, "evaluate", real_evaluate)
     ctx.added.clear()
     assert (
         ctx.send(
@@ -326,7 +337,7 @@ def test_a_signing_failure_tempfails(
     def broken(*a: object) -> None:
         raise ValueError("key unusable")
 
-    monkeypatch.setattr(adapter, "sign", broken)
+    monkeypatch.setattr(effects, "sign", broken)
     ctx = Ctx()
     ctx.connect()
     assert (
@@ -334,4 +345,4 @@ def test_a_signing_failure_tempfails(
         == Milter.TEMPFAIL
     )
     [r] = rows(signing_runtime)
-    assert r["error"] == "ValueError: key unusable"
+    assert r["error"] == "sign: ValueError: key unusable"

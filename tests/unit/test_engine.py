@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from datetime import UTC, datetime
 
 import pytest
 
 from postwarden.config.models import DefaultsSection, DomainPolicy, Policy
 from postwarden.policy import Action, Facts, Reason, evaluate
-from postwarden.policy.registry import Check, checks, parse_codes, register
+from postwarden.policy.registry import Check, checks, register
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 POLICY = Policy(
@@ -138,7 +139,7 @@ def test_evaluate_is_pure_and_deterministic() -> None:
 def test_a_check_name_registered_twice_fails_at_import() -> None:
     existing = checks()[0].name
     with pytest.raises(ValueError, match="registered twice"):
-        register(existing, order=999)(lambda ctx: [])
+        register(existing, order=999, codes={"x": "y"})(lambda ctx: [])
 
 
 def test_checks_run_in_order_and_declare_their_codes() -> None:
@@ -146,9 +147,19 @@ def test_checks_run_in_order_and_declare_their_codes() -> None:
     assert names[:2] == ["outbound", "from_domain"]
     for c in checks():
         assert isinstance(c, Check)
-        assert c.codes, f"{c.name} declares no reason codes in its docstring"
+        assert c.codes, f"{c.name} declares no reason codes"
 
 
-def test_parse_codes() -> None:
-    doc = "Title.\n\nReason codes:\n- one: the first\n- two_b: the second\n\nMore text.\n- not: a code\n"
-    assert parse_codes(doc) == {"one": "the first", "two_b": "the second"}
+def test_each_check_module_declares_its_settings_and_codes_as_data() -> None:
+    """rspamd's way: a check's module opens with its name, defaults and reason codes."""
+    for c in checks():
+        module = importlib.import_module(c.fn.__module__)
+        assert c.name == module.NAME
+        assert dict(c.codes) == module.CODES
+        assert dict(c.defaults) == module.DEFAULTS
+        assert all(isinstance(t, str) and t for t in module.CODES.values())
+
+
+def test_a_check_without_reason_codes_is_refused() -> None:
+    with pytest.raises(ValueError, match="declares no reason codes"):
+        register("nameless", order=999, codes={})

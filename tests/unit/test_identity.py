@@ -14,7 +14,7 @@ import pytest
 from postwarden.config.models import DefaultsSection, DomainPolicy, LocalSection, Policy, UserPolicy
 from postwarden.policy import Action, Facts, evaluate
 from postwarden.policy.address import header_from
-from postwarden.policy.identity import pattern_matches
+from postwarden.policy.route import pattern_matches
 from tests.helpers import SHARED
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

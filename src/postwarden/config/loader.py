@@ -297,17 +297,40 @@ def _check_keys(
             keys.setdefault(name.lower(), []).append(loaded)
 
 
+def daemon_changes(old: DaemonConfig, new: DaemonConfig) -> list[str]:
+    """The postwarden.toml keys whose values differ, dotted ("milter.outbound", "policies")."""
+    changed: list[str] = []
+    for name in type(old).model_fields:
+        a, b = getattr(old, name), getattr(new, name)
+        if a == b:
+            continue
+        if isinstance(a, BaseModel):
+            changed += [
+                f"{name}.{field}"
+                for field in type(a).model_fields
+                if getattr(a, field) != getattr(b, field)
+            ]
+        else:
+            changed.append(name)
+    return changed
+
+
 def load_config(
-    path: Path | str, *, validate_keys: bool = True, overrides: dict[Path, str] | None = None
+    path: Path | str,
+    *,
+    validate_keys: bool = True,
+    overrides: dict[Path, str] | None = None,
+    daemon: DaemonConfig | None = None,
 ) -> Config:
     """Everything, validated; raises ConfigError listing every problem. validate_keys=False
     skips OpenSSL's RSA consistency check (about 45 ms a key) for commands that sign nothing.
     `overrides` gives a policy file's text before it is written: how the TUI checks an edit
-    with the very loader the daemon will use."""
+    with the very loader the daemon will use. `daemon` gives the postwarden.toml settings to use
+    instead of reading the file: a reload keeps the settings in force and re-reads policy."""
     path = Path(path)
     problems: list[Problem] = []
     warnings: list[Problem] = []
-    daemon = load_daemon_config(path, problems)
+    daemon = daemon or load_daemon_config(path, problems)
     if daemon is None:
         daemon = _fallback_for_policies(path)
         if daemon is None:

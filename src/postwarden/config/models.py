@@ -268,25 +268,6 @@ class Policy(Strict):
     outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
     hash: str = ""
 
-    def rate_limits(
-        self, login: str, domain: str
-    ) -> tuple[list[tuple[int, int, str]], list[tuple[int, int, str]]]:
-        """(messages, recipients) caps as (count, window seconds, "N/unit"): the login's [users] entry,
-        else its domain's [domains] entry, else [rate]; messages and recipients separately."""
-        messages, recipients = self.rate.messages, self.rate.recipients
-        hosted = self.hosted_domain(domain) if domain else None
-        for override in (
-            self.domains[hosted].rate if hosted else None,
-            self.users[login].rate if login in self.users else None,
-        ):
-            if override is not None:
-                messages = override.messages if override.messages is not None else messages
-                recipients = override.recipients if override.recipients is not None else recipients
-        return (
-            [(*parse_rate(r), r) for r in messages],
-            [(*parse_rate(r), r) for r in recipients],
-        )
-
     def rate_windows(self) -> list[int]:
         """Every window length any cap uses: what the store counts for each sender."""
         specs = [*self.rate.messages, *self.rate.recipients]

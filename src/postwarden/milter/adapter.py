@@ -1,7 +1,10 @@
-"""The pymilter adapter: callbacks gather facts, end-of-message decides once and applies.
+"""The pymilter adapter: callbacks gather facts; end-of-message decides once and applies the plan.
 
-Every failure while handling a message ends at one boundary (_decide's caller in eom): the
-message gets [milter].on_error, an error row is written, and the daemon goes on.
+The policy and config in force at MAIL FROM decide the whole message (one snapshot), however
+many reloads happen before end-of-message. Every failure ends at one boundary (eom): the
+message gets effects.failed_action (never weaker than a verdict already reached), a complete
+error row is written (identity, outbound or not, envelope, headers, the step that failed), and
+the daemon goes on.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ from typing import Any, TypeVar
 
 import Milter
 
-from postwarden.milter.notify import NOTICE_HEADER, LockEvent, is_notice
+from postwarden.config import Config
+from postwarden.milter import effects
 from postwarden.milter.runtime import Runtime
-from postwarden.policy import Action, Facts, Reason, Verdict, evaluate
-from postwarden.policy.html import may_hold_html, wrap_bare_html
-from postwarden.policy.hygiene import headers_after
-from postwarden.policy.identity import identity, matches_outbound
-from postwarden.policy.model import HeaderEdit
-from postwarden.signing import RelaxedBodyHasher, Signature, sign
+from postwarden.policy import Action, Facts, Reason, Verdict
+from postwarden.policy.html import may_hold_html
+from postwarden.policy.route import Route, route
+from postwarden.signing import RelaxedBodyHasher, Signature
 
 log = logging.getLogger("postwarden")
 
@@ -36,23 +38,21 @@ ACCEPT: int = Milter.ACCEPT
 REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
 
-# Set by the daemon before libmilter starts; one Runtime for every connection.
-RUNTIME: Runtime | None = None
-
 ERROR_TEXT = "postwarden could not check this message; try again later"
-MAX_REPLY = 900  # an SMTP reply line stays well under 1000 octets with code and prefix
 
 
-def _reply_text(text: str) -> str:
-    # libmilter treats the text as a format string and refuses CR or LF.
-    text = text.replace("\r", " ").replace("\n", " ").replace("%", "%%")
-    return text[:MAX_REPLY]
+def factory(runtime: Runtime) -> Callable[[], PostwardenMilter]:
+    """What Milter.factory is set to: one PostwardenMilter per connection, sharing `runtime`."""
+
+    def make() -> PostwardenMilter:
+        return PostwardenMilter(runtime)
+
+    return make
 
 
 class PostwardenMilter(Milter.Base):  # type: ignore[misc]
-    def __init__(self) -> None:
-        assert RUNTIME is not None, "the daemon sets RUNTIME before libmilter starts"
-        self.runtime: Runtime = RUNTIME
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self.conn: dict[str, Any] = {}
         self._reset()
 
@@ -65,6 +65,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         self.size = 0
         self.error = ""
         self.in_message = False
+        # The config in force at MAIL FROM: it decides this message whatever reloads follow.
+        self.snapshot: Config | None = None
         # Outbound mail may be signed: its body is canonicalised and hashed as it arrives, and
         # kept when bare HTML may need wrapping.
         self.body_hasher: RelaxedBodyHasher | None = None
@@ -89,18 +91,18 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
                 "client_name": hostname or "",
                 "client_addr": addr,
                 "client_port": port,
+                "family": family,
                 "daemon_name": self.getsymval("{daemon_name}") or "",
                 "hostname": self.getsymval("j") or "",
                 "helo": "",
-                # Postfix's cleanup (non_smtpd_milters: sendmail(1) via pickup) emulates a
-                # connect from "localhost" 127.0.0.1 port 0; no TCP client has source port 0.
-                "local": port == 0,
+                "local": is_pickup(family, addr, port, hostname or ""),
             }
             log.debug(
-                "connect %s[%s]:%d local=%s daemon=%s",
+                "connect %s[%s]:%d family=%s local=%s daemon=%s",
                 hostname,
                 addr,
                 port,
+                family,
                 self.conn["local"],
                 self.conn["daemon_name"],
             )
@@ -120,11 +122,12 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         try:
             self.in_message = True
             self.runtime.message_started()
+            self.snapshot = self.runtime.config
             self.mail_from = mailfrom.strip().removeprefix("<").removesuffix(">")
             self.smtputf8 = any(p.upper() == "SMTPUTF8" for p in params)
             self.auth_login = self.getsymval("{auth_authen}") or ""
-            policy = self.runtime.policy
-            if matches_outbound(self._facts(""), policy.outbound):
+            policy = self.snapshot.policy
+            if route(self._facts(""), policy).outbound:
                 self.body_hasher = RelaxedBodyHasher()
                 self.body_chunks = [] if policy.headers.wrap_bare_html else None
             log.debug("mail from=<%s> auth=%s", self.mail_from, self.auth_login or "-")
@@ -167,30 +170,43 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
     def unknown(self, cmd: str) -> int:
         return CONTINUE
 
-    # ---- end of message: decide once, apply ----------------------------------------------------
+    # ---- end of message: decide once, apply the plan -------------------------------------------
 
     def eom(self) -> int:
         started = time.perf_counter()
         now = datetime.now(UTC)
-        queue_id = ""
+        config = self.snapshot or self.runtime.config
         facts = Facts()
+        r: Route | None = None
+        verdict: Verdict | None = None
         signatures: list[Signature] = []
         try:
-            queue_id = self.getsymval("i") or ""
-            facts = self._facts(queue_id)
+            facts = self._facts(self.getsymval("i") or "", final=True)
+            r = route(facts, config.policy)
             if self.error:
                 raise RuntimeError(self.error)
-            verdict = self._decide(facts, now)
-            signatures = self._sign(verdict, int(now.timestamp()))
-            rc = self._apply(verdict)
-        except Exception as exc:  # noqa: BLE001  (the one boundary: any failure -> on_error)
-            verdict = self._error_verdict(exc)
-            log.error(
-                "%s: error handling message: %s",
-                queue_id or "NOQUEUE",
-                "".join(traceback.format_exception(exc)).strip(),
+            msg = effects.Message(
+                self.headers,
+                self.body_hasher,
+                b"".join(self.body_chunks) if self.body_chunks is not None else None,
             )
-            rc = self._apply_error(verdict)
+            outcome = effects.carry_out(
+                facts, msg, self, config, self.runtime.rates, self.runtime.notifier, now, r
+            )
+            verdict, signatures = outcome.verdict, outcome.signatures
+            rc = _return_code(verdict.action)
+        except Exception as exc:  # noqa: BLE001  (the one boundary: any failure -> failed_action)
+            reached = exc.verdict if isinstance(exc, effects.StepFailed) else None
+            step = exc.step if isinstance(exc, effects.StepFailed) else "decide"
+            cause = exc.cause if isinstance(exc, effects.StepFailed) else exc
+            verdict = self._error_verdict(config, facts, r, reached, step, cause)
+            log.error(
+                "%s: error at step %s: %s",
+                facts.queue_id or "NOQUEUE",
+                step,
+                "".join(traceback.format_exception(cause)).strip(),
+            )
+            rc = self._apply_error(verdict, reached)
         finally:
             self._end_message()
         self.runtime.record(facts, verdict, now, (time.perf_counter() - started) * 1000, signatures)
@@ -210,18 +226,13 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.in_message = False
             self.runtime.message_ended()
 
-    def _facts(self, queue_id: str) -> Facts:
-        notice = ""
-        message_id = ""
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname == NOTICE_HEADER.lower():
-                notice = value
-            elif lname == "message-id":
-                message_id = value
+    def _facts(self, queue_id: str, final: bool = False) -> Facts:
         local = bool(self.conn.get("local"))
         return Facts(
-            system_notice=local and is_notice(self.runtime.notice_secret, message_id, notice),
+            # Asked once, at end-of-message: a notice's token is taken when it is seen.
+            system_notice=final
+            and local
+            and self.runtime.is_notice(self.headers, self.mail_from, self.rcpts),
             queue_id=queue_id,
             hostname=self.conn.get("hostname", ""),
             client_addr=self.conn.get("client_addr", ""),
@@ -238,102 +249,71 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             size=self.size,
         )
 
-    def _decide(self, facts: Facts, now: datetime) -> Verdict:
-        policy = self.runtime.policy
-        if facts.system_notice or not matches_outbound(facts, policy.outbound):
-            return evaluate(facts, policy, now)
-        # Read the sender's counts, decide and record in one transaction: exact windows.
-        who = identity(facts)
-        with self.runtime.rates.transaction(who, policy.rate_windows(), now) as tx:
-            verdict = evaluate(facts, policy, now, tx.state)
-            if verdict.count:
-                tx.count(len(facts.rcpts), facts.queue_id)
-            if verdict.lock_cap and tx.state.lock is None:
-                tx.lock(verdict.lock_cap, facts.queue_id)
-                locked = LockEvent(who, verdict.lock_cap, facts.queue_id, now.isoformat())
-            else:
-                locked = None
-        if locked is not None:
-            log.warning("%s: %s locked: it broke its cap of %s", facts.queue_id, who, locked.cap)
-            self.runtime.notifier.locked(locked)
-        return verdict
-
-    def _sign(self, verdict: Verdict, timestamp: int) -> list[Signature]:
-        """Sign an accepted or quarantined outbound message from a hosted domain with each of
-        the domain's active keys, over the headers as they will leave."""
-        if (
-            not verdict.outbound
-            or not verdict.hosted_domain
-            or verdict.action not in (Action.ACCEPT, Action.QUARANTINE)
-        ):
-            return []
-        self._edit_headers(verdict.edits)
-        leaving = headers_after(self.headers, verdict.edits)
-        self._wrap_html(verdict, leaving)
-        keys = [k for k in self.runtime.config.keys.get(verdict.hosted_domain, []) if k.active]
-        if not keys:
-            return []
-        if self.body_hasher is None:
-            raise RuntimeError("outbound message without a body hash")
-        body_hash = self.body_hasher.digest_b64()
-        headers = [
-            (name.encode("ascii", "surrogateescape"), value.encode("utf-8", "surrogateescape"))
-            for name, value in leaving
-        ]
-        signatures = [sign(headers, body_hash, key, timestamp) for key in keys]
-        for signature in signatures:
-            # Postfix takes LF-folded header values from a milter and writes CRLF itself.
-            self.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
-        return signatures
-
-    def _wrap_html(self, verdict: Verdict, headers: list[tuple[str, str]]) -> None:
-        if not verdict.wrap_html or self.body_chunks is None:
-            return
-        body = b"".join(self.body_chunks)
-        wrapped = wrap_bare_html(headers, body)
-        if wrapped is None:
-            return
-        for i in range(0, len(wrapped), 65536):
-            self.replacebody(wrapped[i : i + 65536])
-        # The signature covers the body as it will leave.
-        self.body_hasher = RelaxedBodyHasher()
-        self.body_hasher.update(wrapped)
-        log.debug("wrapped bare HTML (%d -> %d octets)", len(body), len(wrapped))
-
-    def _edit_headers(self, edits: tuple[HeaderEdit, ...]) -> None:
-        """Before signing: the signature covers the headers as they will leave."""
-        for edit in edits:
-            if edit.op == "remove":
-                self.chgheader(edit.name, edit.index, None)
-            else:
-                self.addheader(edit.name, edit.value)
-
-    def _apply(self, verdict: Verdict) -> int:
-        reply = verdict.reply()
-        if verdict.action == Action.REJECT and reply:
-            self.setreply(reply[0], reply[1], _reply_text(reply[2]))
-            return REJECT
-        if verdict.action == Action.TEMPFAIL and reply:
-            self.setreply(reply[0], reply[1], _reply_text(reply[2]))
-            return TEMPFAIL
-        if verdict.action == Action.QUARANTINE:
-            reasons = "; ".join(r.key for r in verdict.deciding_reasons())
-            self.quarantine(_reply_text(f"postwarden: {reasons}"))
-        return ACCEPT
-
-    def _error_verdict(self, exc: BaseException) -> Verdict:
-        on_error = Action.named(self.runtime.config.daemon.milter.on_error)
+    def _error_verdict(
+        self,
+        config: Config,
+        facts: Facts,
+        r: Route | None,
+        reached: Verdict | None,
+        step: str,
+        exc: BaseException,
+    ) -> Verdict:
+        on_error = Action.named(config.daemon.milter.on_error)
+        action = effects.failed_action(reached, step, on_error)
+        reasons: tuple[Reason, ...] = (Reason("milter", "error", action, ERROR_TEXT),)
+        if reached is not None:
+            # Keep what was found: the row shows why the message was held or refused.
+            reasons = (*reached.reasons, *reasons)
         return Verdict(
-            action=on_error,
-            reasons=(Reason("milter", "error", on_error, ERROR_TEXT),),
-            policy_hash=self.runtime.policy.hash,
+            action=action,
+            reasons=reasons,
+            outbound=r.outbound if r is not None else False,
+            identity=r.identity if r is not None else "",
+            from_address=reached.from_address if reached else "",
+            from_domain=reached.from_domain if reached else "",
+            hosted_domain=reached.hosted_domain if reached else "",
+            policy_hash=config.policy.hash,
             error=f"{type(exc).__name__}: {exc}",
+            step=step,
         )
 
-    def _apply_error(self, verdict: Verdict) -> int:
+    def _apply_error(self, verdict: Verdict, reached: Verdict | None) -> int:
+        if verdict.action == Action.REJECT:
+            reply = reached.reply() if reached is not None else None
+            with contextlib.suppress(Milter.error):
+                self.setreply("550", "5.7.1", effects.reply_text(reply[2] if reply else ERROR_TEXT))
+            return REJECT
+        if verdict.action == Action.QUARANTINE:
+            try:
+                self.quarantine(
+                    effects.reply_text(
+                        "postwarden: " + ", ".join(r.key for r in verdict.deciding_reasons())
+                    )
+                )
+            except Milter.error:
+                return TEMPFAIL
+            return ACCEPT
         if verdict.action == Action.TEMPFAIL:
             # The tempfail itself is what matters; libmilter's default text will do.
             with contextlib.suppress(Milter.error):
                 self.setreply("451", "4.7.1", ERROR_TEXT)
             return TEMPFAIL
         return ACCEPT
+
+
+def _return_code(action: Action) -> int:
+    if action == Action.REJECT:
+        return REJECT
+    if action == Action.TEMPFAIL:
+        return TEMPFAIL
+    return ACCEPT  # accepted, or accepted into the hold queue
+
+
+# Postfix's cleanup, for sendmail(1) mail through pickup (non_smtpd_milters), emulates a connect
+# from "localhost", IPv4 127.0.0.1, port 0. No TCP client has source port 0, and smtpd gives a
+# unix-socket client family AF_UNIX (pymilter: a path, not an (address, port) pair).
+PICKUP_FAMILY = 2  # AF_INET, as pymilter passes it for the emulated connect
+
+
+def is_pickup(family: int, addr: str, port: int, hostname: str) -> bool:
+    return family == PICKUP_FAMILY and addr == "127.0.0.1" and port == 0 and hostname == "localhost"

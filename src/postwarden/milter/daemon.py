@@ -29,9 +29,11 @@ import Milter
 
 from postwarden import EX_CONFIG, EX_TEMPFAIL
 from postwarden.config import Config, ConfigError, load_config
+from postwarden.config.loader import daemon_changes
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
+from postwarden.store import daemon_state
 from postwarden.store.db import open_db
 from postwarden.store.rates import RateStore
 from postwarden.store.writer import Writer
@@ -58,11 +60,6 @@ def setup_logging(to: str, level: str) -> None:
     root.addHandler(handler)
     if to == "syslog" and not isinstance(handler, logging.handlers.SysLogHandler):
         log.warning("[log].to = syslog but /dev/log does not exist: logging to stderr")
-
-
-def notice_secret(database: str) -> str:
-    row = open_db(database).execute("SELECT value FROM secrets WHERE name = 'notice'").fetchone()
-    return str(row[0]) if row else ""
 
 
 def _socket_path(spec: str) -> Path | None:
@@ -98,7 +95,7 @@ class Daemon:
         self.config = config
         self.writer = Writer(config.daemon.store.database, config.daemon.store.retention_days)
         self.writer.start()  # migrates: the tables and the notice key exist from here on
-        secret = notice_secret(config.daemon.store.database)
+        secret = daemon_state.notice_secret(open_db(config.daemon.store.database))
         self.runtime = Runtime(
             config=config,
             writer=self.writer,
@@ -112,13 +109,21 @@ class Daemon:
             notice_secret=secret,
         )
         self.reload_seq = 0
+        self.started_at = datetime.now(UTC).isoformat()
 
     # ---- reload --------------------------------------------------------------------------------
 
     def reload(self) -> bool:
+        """Re-read the policy files and their keys (RELOADED). postwarden.toml's settings are
+        read at start only: a reload that finds them changed says which, applies none of them,
+        and reloads the policy from the folder in force."""
         self.reload_seq += 1
         try:
-            new = load_config(self.config.path)
+            fresh = load_config(self.config.path)
+            restart_only = daemon_changes(self.config.daemon, fresh.daemon)
+            new = (
+                load_config(self.config.path, daemon=self.config.daemon) if restart_only else fresh
+            )
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: %s", problem)
@@ -131,45 +136,35 @@ class Daemon:
             return False
         for w in new.warnings:
             log.warning("%s", w)
-        restart_needed = [
-            name
-            for name in ("milter", "store", "log")
-            if getattr(new.daemon, name) != getattr(self.config.daemon, name)
-        ]
-        if restart_needed:
-            log.warning(
-                "reload: [%s] changed; those take effect on restart", "], [".join(restart_needed)
-            )
-        # Keep the daemon-level settings in force; swap the policy and keys whole.
-        new = Config(
-            path=self.config.path,
-            daemon=self.config.daemon,
-            policy=new.policy,
-            keys=new.keys,
-            warnings=new.warnings,
-        )
+        # Swap the policy and keys whole: a message in flight keeps its own snapshot.
         self.config = new
         self.runtime.config = new
         self.runtime.notifier.recipients = new.policy.rate.notify
-        log.info("reload: policy %s in force", new.policy.hash)
-        self._record_status(True, f"policy {new.policy.hash} in force")
+        message = f"policy {new.policy.hash} in force"
+        if restart_only:
+            message += (
+                "; not applied until the daemon is restarted (postwarden.toml): "
+                + ", ".join(restart_only)
+            )
+            log.warning("reload: %s", message)
+        else:
+            log.info("reload: %s", message)
+        self._record_status(True, message)
         return True
 
     def _record_status(self, ok: bool, message: str) -> None:
-        pid, seq, policy_hash = os.getpid(), self.reload_seq, self.runtime.policy.hash
-        now = datetime.now(UTC).isoformat()
-
-        def op(db):  # type: ignore[no-untyped-def]
-            db.conn.execute(
-                "INSERT INTO daemon (pid, started_at, policy_hash, reload_seq, reload_at, reload_ok,"
-                " reload_message) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(pid) DO UPDATE SET"
-                " policy_hash=excluded.policy_hash, reload_seq=excluded.reload_seq,"
-                " reload_at=excluded.reload_at, reload_ok=excluded.reload_ok,"
-                " reload_message=excluded.reload_message",
-                [pid, now, policy_hash, seq, now, int(ok), message],
-            )
-
-        self.writer.submit(op)
+        self.writer.submit(
+            daemon_state.status_op(
+                os.getpid(),
+                self.started_at,
+                datetime.now(UTC).isoformat(),
+                self.runtime.policy.hash,
+                self.reload_seq,
+                ok,
+                message,
+            ),
+            "the daemon's status",
+        )
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # Only set flags: the main loop acts on them, outside the handler.
@@ -190,8 +185,7 @@ class Daemon:
         pidfile.parent.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
 
-        adapter.RUNTIME = self.runtime
-        Milter.factory = adapter.PostwardenMilter
+        Milter.factory = adapter.factory(self.runtime)
         # Only the actions used: added and removed headers (hygiene, DKIM-Signature), a
         # replaced body (bare HTML wrapped), the hold queue.
         Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY)

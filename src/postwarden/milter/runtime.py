@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from postwarden.config import Config
 from postwarden.config.models import Policy
-from postwarden.milter.notify import Notifier
+from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier
 from postwarden.policy.model import Facts, Verdict
 from postwarden.signing import Signature
 from postwarden.store.rates import RateStore
+from postwarden.store.text import readable
 from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
@@ -29,11 +31,32 @@ class Runtime:
     notice_secret: str = ""
     in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    guard: NoticeGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = NoticeGuard(self.notice_secret)
 
     @property
     def policy(self) -> Policy:
         # One attribute read: a reload swaps `config` whole, so a message sees one policy.
         return self.config.policy
+
+    def is_notice(self, headers: list[tuple[str, str]], mail_from: str, rcpts: list[str]) -> bool:
+        """postwarden's own notice: see NoticeGuard. Taken once (a second look says no)."""
+        token = message_id = from_ = ""
+        for name, value in headers:
+            lname = name.lower()
+            if lname == NOTICE_HEADER.lower():
+                if token:
+                    return False  # two tokens: not ours
+                token = value
+            elif lname == "message-id":
+                message_id = value
+            elif lname == "from":
+                from_ = value
+        if not token or from_.strip() != self.notifier.from_header():
+            return False
+        return self.guard.check(token, message_id, from_, mail_from, rcpts, time.time())
 
     def message_started(self) -> None:
         with self._lock:
@@ -77,11 +100,11 @@ class Runtime:
             "signatures": json.dumps([s.record() for s in signatures or []]),
             "policy_hash": verdict.policy_hash,
             "duration_ms": round(duration_ms, 3),
-            "error": verdict.error,
+            "error": f"{verdict.step}: {verdict.error}" if verdict.step else verdict.error,
             "headers": header_block(facts.headers),
         }
         self.writer.insert("decisions", row)
-        log.info(log_line(facts, verdict, duration_ms, signatures or []))
+        log.info(readable(log_line(facts, verdict, duration_ms, signatures or [])))
 
 
 HEADERS_KEPT = 16_384  # characters of the header block kept with each decision

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
+
+E = TypeVar("E")
 
 
 class Action(enum.IntEnum):
@@ -50,15 +52,77 @@ class Facts:
         return [v for k, v in self.headers if k.lower() == lname]
 
 
+# ---- the plan: typed effects, applied in a fixed order by milter/effects.py --------------------
+
+
 @dataclass(frozen=True)
 class HeaderEdit:
-    """One header change the adapter makes before signing: remove the index-th (1-based) copy of
-    `name`, or add `name: value` at the end of the header."""
+    """One header change made before signing: remove the index-th (1-based) copy of `name`, or
+    add `name: value` at the end of the header."""
 
     op: Literal["remove", "add"]
     name: str
     index: int = 0
     value: str = ""
+
+
+@dataclass(frozen=True)
+class WrapHtml:
+    """Wrap bare text/html parts in <html><body> before signing."""
+
+
+@dataclass(frozen=True)
+class Sign:
+    """Sign with every active key of this hosted domain, over the message as it will leave."""
+
+    domain: str
+
+
+@dataclass(frozen=True)
+class Count:
+    """Count this message against the sender's windows (committed only with the outcome)."""
+
+    identity: str
+    rcpts: int
+
+
+@dataclass(frozen=True)
+class LockSender:
+    """Lock the sender: the cap it broke."""
+
+    identity: str
+    cap: str
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Mail [rate].notify that the sender was locked (only once the lock is committed)."""
+
+    identity: str
+    cap: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Into Postfix's hold queue, with these reason keys."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Refuse with this SMTP reply (reject or tempfail)."""
+
+    code: Literal["550", "451"]
+    status: str
+    text: str
+
+
+Effect = HeaderEdit | WrapHtml | Sign | Count | LockSender | Notify | Hold | Reply
+
+# The order effects are applied in (milter/effects.py): everything that only computes first,
+# then the store's writes (uncommitted), then what Postfix is told, then the commit, then mail.
+STEPS = ("edit", "wrap", "sign", "count", "lock", "postfix", "commit", "notify")
 
 
 @dataclass(frozen=True)
@@ -91,7 +155,8 @@ class Reason:
     action: Action
     text: str  # a sentence telling the sender what is wrong and what to do
     final: bool = False  # no later check runs (mail that is not ours to judge)
-    detail: str = ""  # a value for the adapter, e.g. the cap that broke ("messages 20/minute")
+    detail: str = ""  # a value for the log, e.g. the cap that broke ("messages 20/minute")
+    effects: tuple[Effect, ...] = ()  # what this finding needs done (a lock, a notice)
 
     @property
     def key(self) -> str:
@@ -100,24 +165,38 @@ class Reason:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The decision and its plan: the action, why, and the ordered effects it needs."""
+
     action: Action
     reasons: tuple[Reason, ...] = ()
-    outbound: bool = True
+    outbound: bool = False
     identity: str = ""
     from_address: str = ""
     from_domain: str = ""
     hosted_domain: str = ""  # the [domains] entry whose keys sign this message
     policy_hash: str = ""
+    effects: tuple[Effect, ...] = ()
     error: str = ""
-    # Rate effects the adapter records in the same transaction as the read: count this message
-    # against `identity`, and lock it (the cap that broke) when `lock_cap` is set.
-    count: bool = False
-    lock_cap: str = ""
-    edits: tuple[HeaderEdit, ...] = ()  # applied, in order, before signing
-    wrap_html: bool = False  # wrap bare text/html parts, before signing
+    step: str = ""  # the step of the plan that failed (STEPS), or "decide"
 
     def deciding_reasons(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.action == self.action)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.effects if isinstance(e, kind)]
+
+    @property
+    def edits(self) -> tuple[HeaderEdit, ...]:
+        return tuple(self.of(HeaderEdit))
+
+    @property
+    def count(self) -> bool:
+        return bool(self.of(Count))
+
+    @property
+    def lock_cap(self) -> str:
+        locks = self.of(LockSender)
+        return locks[0].cap if locks else ""
 
     def reply(self) -> tuple[Literal["550", "451"], str, str] | None:
         """The SMTP reply for a reject or tempfail: code, enhanced code, text."""

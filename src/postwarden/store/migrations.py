@@ -123,6 +123,12 @@ def _m007_decision_headers(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE decisions ADD COLUMN headers TEXT NOT NULL DEFAULT ''")
 
 
+def _m008_writer_health(db: sqlite_utils.Database) -> None:
+    # What the writer could not store: rows dropped on a full queue, rows an exception refused.
+    db.table("daemon").add_column("rows_dropped", int, not_null_default=0)
+    db.table("daemon").add_column("rows_failed", int, not_null_default=0)
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_decisions", _m001_decisions),
     ("002_audit", _m002_audit),
@@ -131,6 +137,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("005_dns_checks", _m005_dns_checks),
     ("006_rate_running_totals", _m006_rate_running_totals),
     ("007_decision_headers", _m007_decision_headers),
+    ("008_writer_health", _m008_writer_health),
 ]
 
 

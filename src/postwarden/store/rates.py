@@ -140,3 +140,26 @@ class RateStore:
     def state(self, identity: str, windows: list[int], now: datetime) -> RateState:
         with self._connection() as conn:
             return read_state(conn, identity, windows, now.timestamp())
+
+
+def identities(db_conn: sqlite3.Connection, since: float, locked_only: bool) -> set[str]:
+    """The locked identities and, unless locked_only, those counted since `since`."""
+    names = {r[0] for r in db_conn.execute("SELECT identity FROM locks").fetchall()}
+    if not locked_only:
+        names |= {
+            r[0]
+            for r in db_conn.execute(
+                "SELECT DISTINCT identity FROM rate_events WHERE time > ?", [since]
+            ).fetchall()
+        }
+    return names
+
+
+def unlock(db_conn: sqlite3.Connection, identity: str) -> bool:
+    """Lift the lock and start the sender's windows afresh: its held messages counted too, so
+    without a fresh start the admin's unlock would be undone by the sender's next message."""
+    with db_conn:
+        cur = db_conn.execute("DELETE FROM locks WHERE identity = ?", [identity])
+        if cur.rowcount:
+            db_conn.execute("DELETE FROM rate_events WHERE identity = ?", [identity])
+    return cur.rowcount > 0

@@ -2,13 +2,20 @@
 
 Writes from 20 libmilter threads each taking the SQLite lock would contend on the GIL and the
 lock; here they hand a row to a queue and go on. The thread commits in batches.
+
+Nothing stops it: every text is made storable before it is queued (store/text.py); a batch that
+fails is written again row by row, so an exception in one row loses that row only, counted and
+logged; the thread is restarted if it ever ends. A full queue makes the caller wait at most
+QUEUE_WAIT_S, then the row is dropped, counted and logged: mail never hangs on the log. The
+counts of rows dropped and failed are written to the daemon's row, where `postwarden log` and
+the TUI read them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -21,14 +28,17 @@ import sqlite_utils
 from postwarden.store.db import open_db
 from postwarden.store.migrations import migrate
 from postwarden.store.rates import KEEP_EVENTS_S
+from postwarden.store.text import readable_value
 
 log = logging.getLogger("postwarden.store")
 
 Op = Callable[[sqlite_utils.Database], None]
 QUEUE_SIZE = 10_000
+QUEUE_WAIT_S = 2.0
 BATCH = 500
 PRUNE_EVERY_S = 3600.0
 PRUNE_CHUNK = 5000
+RESTART_PAUSE_S = 0.5
 _STOP = object()
 
 
@@ -57,53 +67,110 @@ class Writer:
         self.path = Path(path)
         self.retention_days = retention_days
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
-        self._thread = threading.Thread(target=self._run, name="postwarden-writer", daemon=True)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._stopping = False
         self._next_prune = 0.0
         self.written = 0
-        self.failed = 0
+        self.failed = 0  # rows an exception kept out of the database
+        self.dropped = 0  # rows never queued: the queue stayed full
+        self.restarts = 0
+        self._reported = (0, 0)
+        self.pid = os.getpid()
 
     def start(self) -> None:
         db = open_db(self.path)
         migrate(db)
         db.conn.close()
-        self._thread.start()
+        self._ensure_running()
 
-    def insert(self, table: str, row: dict[str, Any]) -> None:
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            if self._thread is not None:
+                self.restarts += 1
+                log.error("store: the writer thread had ended; restarting it")
+            self._thread = threading.Thread(
+                target=self._supervise, name="postwarden-writer", daemon=True
+            )
+            self._thread.start()
+
+    def insert(self, table: str, row: dict[str, Any], what: str = "") -> None:
         # Plain SQL rather than Table.insert: sqlite-utils commits inside insert, which would
         # turn a batch into one transaction per row.
         cols = list(row)
         sql = f"INSERT INTO [{table}] ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        values = [row[c] for c in cols]
+        values = [readable_value(row[c]) for c in cols]
 
         def op(db: sqlite_utils.Database) -> None:
             db.conn.execute(sql, values)
 
-        self.submit(op)
+        self.submit(op, what or f"{table} row {row.get('queue_id') or ''}".strip())
 
-    def submit(self, op: Op) -> None:
-        # A full queue means the disk is far behind: wait for it rather than lose the record.
-        self._queue.put(op)
+    def submit(self, op: Op, what: str = "a record") -> bool:
+        """Queue a write; False (counted, logged) when the queue stayed full QUEUE_WAIT_S."""
+        if not self._stopping:
+            self._ensure_running()
+        try:
+            self._queue.put(op, timeout=QUEUE_WAIT_S)
+        except queue.Full:
+            self.dropped += 1
+            log.error(
+                "store: queue full for %.0f s: %s dropped (%d dropped so far)",
+                QUEUE_WAIT_S,
+                what,
+                self.dropped,
+            )
+            return False
+        return True
 
     def flush_and_stop(self, timeout: float = 30.0) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout)
+        self._stopping = True
+        self._ensure_running()
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.error("store: the writer is still %d rows behind at stop", self._queue.qsize())
+            return
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _supervise(self) -> None:
+        while True:
+            try:
+                self._run()
+                return
+            except BaseException as exc:
+                self.restarts += 1
+                log.exception("store: writer loop failed (%s); restarting it", exc)
+                time.sleep(RESTART_PAUSE_S)
 
     def _run(self) -> None:
         db = open_db(self.path)
-        stopping = False
-        while not stopping:
-            batch = [self._queue.get()]
-            while len(batch) < BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            if _STOP in batch:
-                stopping = True
-                batch = [op for op in batch if op is not _STOP]
-            self._write(db, batch)
-            self._maybe_prune(db)
-        db.conn.close()
+        try:
+            stopping = False
+            while not stopping:
+                batch = [self._queue.get()]
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if _STOP in batch:
+                    stopping = True
+                    batch = [op for op in batch if op is not _STOP]
+                self._write(db, batch)
+                self._report(db)
+                self._maybe_prune(db)
+        finally:
+            db.conn.close()
 
     def _write(self, db: sqlite_utils.Database, batch: list[Op]) -> None:
         try:
@@ -112,16 +179,30 @@ class Writer:
                     op(db)
             self.written += len(batch)
             return
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001  (one bad row must not cost the batch)
             log.error("store: batch of %d failed (%s); writing one by one", len(batch), exc)
         for op in batch:
             try:
                 with db.conn:
                     op(db)
                 self.written += 1
-            except sqlite3.Error as exc:
+            except Exception as exc:  # noqa: BLE001  (that row alone is lost, and counted)
                 self.failed += 1
-                log.error("store: a record could not be written: %s", exc)
+                log.error("store: a record could not be written (%d so far): %r", self.failed, exc)
+
+    def _report(self, db: sqlite_utils.Database) -> None:
+        now = (self.dropped, self.failed)
+        if now == self._reported:
+            return
+        try:
+            with db.conn:
+                db.execute(
+                    "UPDATE daemon SET rows_dropped = ?, rows_failed = ? WHERE pid = ?",
+                    [now[0], now[1], self.pid],
+                )
+            self._reported = now
+        except Exception as exc:  # noqa: BLE001
+            log.error("store: could not record the dropped-row count: %r", exc)
 
     def _maybe_prune(self, db: sqlite_utils.Database) -> None:
         mono = time.monotonic()
@@ -130,7 +211,7 @@ class Writer:
         self._next_prune = mono + PRUNE_EVERY_S
         try:
             n = prune(db, self.retention_days, datetime.now(UTC))
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001
             log.error("store: pruning failed: %s", exc)
             return
         if n:

@@ -8,9 +8,6 @@ A message is bulk when it has Precedence: bulk, list or junk, a List-Id, more th
 [bulk].recipients recipients, or comes from a login or domain marked bulk = true. Bulk mail
 needs List-Unsubscribe with an https URI and List-Unsubscribe-Post: List-Unsubscribe=One-Click
 (RFC 8058); the signature covers both.
-
-Reason codes:
-- no_one_click: bulk mail without RFC 8058 one-click unsubscribe; the text names what is missing.
 """
 
 from __future__ import annotations
@@ -21,11 +18,20 @@ from typing import TYPE_CHECKING
 
 from postwarden.policy.model import Action, Reason
 from postwarden.policy.registry import register
+from postwarden.policy.route import user_entry
 
 if TYPE_CHECKING:
     from postwarden.policy.engine import Context
 
 NAME = "bulk"
+DEFAULTS: dict[str, object] = {
+    "bulk.recipients": 50,
+    "bulk.require_one_click_unsubscribe": True,
+    "bulk.on_violation": "reject",
+}
+CODES = {
+    "no_one_click": "bulk mail without RFC 8058 one-click unsubscribe; the text names what is missing.",
+}
 _URI = re.compile(r"<([^>]*)>")
 
 
@@ -39,15 +45,15 @@ def why_bulk(ctx: Context) -> str:
         return "it has a List-Id"
     if len(facts.rcpts) > policy.bulk.recipients:
         return f"{len(facts.rcpts)} recipients, more than {policy.bulk.recipients}"
-    user = policy.users.get(facts.auth_login) if facts.auth_login else None
+    user = user_entry(policy, ctx.route.login) if ctx.route.login else None
     if user is not None and user.bulk:
-        return f"{facts.auth_login} is marked bulk"
+        return f"{ctx.route.login} is marked bulk"
     if ctx.hosted_domain and policy.domains[ctx.hosted_domain].bulk:
         return f"{ctx.hosted_domain} is marked bulk"
     return ""
 
 
-@register(NAME, order=35)
+@register(NAME, order=35, codes=CODES, defaults=DEFAULTS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.hosted_domain is None:
         return

@@ -1,11 +1,8 @@
 """Header From domain is hosted ([defaults].unknown_from_domain, [domains]).
 
 Config defaults: unknown_from_domain = "reject" (a From domain this server does not host is
-the first mark of a forged or misrouted message).
-
-Reason codes:
-- not_hosted: the header From domain is not one of [domains] (nor a subdomain of one with include_subdomains).
-- unreadable: no single From address could be read (missing, repeated or ambiguous From header).
+the first mark of a forged or misrouted message). A From that cannot be read as one address is
+always refused: ambiguity is never a pass, whatever unknown_from_domain says.
 """
 
 from __future__ import annotations
@@ -20,14 +17,24 @@ if TYPE_CHECKING:
     from postwarden.policy.engine import Context
 
 NAME = "from_domain"
+DEFAULTS: dict[str, object] = {
+    "defaults.unknown_from_domain": "reject",
+}
+CODES = {
+    "not_hosted": "the header From domain is not one of [domains] (nor a subdomain of one with include_subdomains).",
+    "unreadable": "no single From address could be read (missing, repeated or ambiguous From header).",
+}
 
 
-@register(NAME, order=20)
+@register(NAME, order=20, codes=CODES, defaults=DEFAULTS)
 def check(ctx: Context) -> Iterator[Reason]:
     action = Action.named(ctx.policy.defaults.unknown_from_domain)
     parsed = ctx.header_from
     if parsed.problem:
-        yield Reason(NAME, "unreadable", action, f"{parsed.problem}: send with one From address")
+        # Ambiguity is never a pass, whatever unknown_from_domain says (decisions.md, check 2).
+        yield Reason(
+            NAME, "unreadable", Action.REJECT, f"{parsed.problem}: send with one From address"
+        )
     elif ctx.hosted_domain is None:
         yield Reason(
             NAME,

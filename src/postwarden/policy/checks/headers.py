@@ -4,12 +4,6 @@ Config defaults: require = ["From", "Date", "Message-ID"], add_missing = ["Date"
 "Message-ID"] (added in the From domain, before signing), remove = ["X-Originating-IP",
 "X-PHP-Originating-Script"] (every copy: they leak the sender's address and scripts),
 on_violation = "reject". The edits themselves are made by the adapter from the verdict.
-
-Reason codes:
-- missing: a required header is missing and postwarden does not add it.
-- duplicate: more than one Date, Subject or Message-ID header.
-- too_long: a header line is over 998 octets (RFC 5322 2.1.1).
-- eight_bit: a header holds raw 8-bit bytes and the client did not use SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -24,6 +18,19 @@ if TYPE_CHECKING:
     from postwarden.policy.engine import Context
 
 NAME = "headers"
+DEFAULTS: dict[str, object] = {
+    "headers.require": ["From", "Date", "Message-ID"],
+    "headers.add_missing": ["Date", "Message-ID"],
+    "headers.remove": ["X-Originating-IP", "X-PHP-Originating-Script"],
+    "headers.wrap_bare_html": True,
+    "headers.on_violation": "reject",
+}
+CODES = {
+    "missing": "a required header is missing and postwarden does not add it.",
+    "duplicate": "more than one Date, Subject or Message-ID header.",
+    "too_long": "a header line is over 998 octets (RFC 5322 2.1.1).",
+    "eight_bit": "a header holds raw 8-bit bytes and the client did not use SMTPUTF8.",
+}
 SINGLE = ("Date", "Subject", "Message-ID")
 MAX_LINE = 998
 
@@ -32,7 +39,7 @@ def _octets(text: str) -> int:
     return len(text.encode("utf-8", "surrogateescape"))
 
 
-@register(NAME, order=25)
+@register(NAME, order=25, codes=CODES, defaults=DEFAULTS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.hosted_domain is None:
         return

@@ -7,12 +7,9 @@ envelope sender it is (Postfix's local_login_sender_maps pins each user to those
 sender let in by a network or daemon rule has no send_as rules: any hosted From. The envelope
 sender's domain must align with the From domain: the same organisational domain (relaxed, by
 the Public Suffix List, offline) or the same domain (strict). A null envelope sender (a bounce)
-is allowed. Every violation is a reject: a forged sender is never worth holding.
-
-Reason codes:
-- not_allowed: the sender may not send as the header From address.
-- envelope_not_allowed: the sender may not use this envelope sender (MAIL FROM).
-- misaligned: the envelope sender's domain does not align with the From domain.
+is allowed. The envelope sender is held to send_as even when the From is not hosted (and
+[defaults].unknown_from_domain lets it through). Every violation is a reject: a forged sender is
+never worth holding.
 """
 
 from __future__ import annotations
@@ -22,14 +19,23 @@ from typing import TYPE_CHECKING
 
 from publicsuffixlist import PublicSuffixList
 
-from postwarden.policy.identity import pattern_matches, send_as_patterns
 from postwarden.policy.model import Action, Reason
 from postwarden.policy.registry import register
+from postwarden.policy.route import pattern_matches, send_as_patterns
 
 if TYPE_CHECKING:
     from postwarden.policy.engine import Context
 
 NAME = "identity"
+DEFAULTS: dict[str, object] = {
+    "defaults.send_as": ["{login}"],
+    "defaults.alignment": "relaxed",
+}
+CODES = {
+    "not_allowed": "the sender may not send as the header From address.",
+    "envelope_not_allowed": "the sender may not use this envelope sender (MAIL FROM).",
+    "misaligned": "the envelope sender's domain does not align with the From domain.",
+}
 _PSL = PublicSuffixList()  # bundled data: no network, no file outside the package
 
 
@@ -40,16 +46,19 @@ def aligned(envelope_domain: str, from_domain: str, mode: str) -> bool:
     return (_PSL.privatesuffix(envelope_domain) or envelope_domain) == org
 
 
-@register(NAME, order=30)
+@register(NAME, order=30, codes=CODES, defaults=DEFAULTS)
 def check(ctx: Context) -> Iterator[Reason]:
     facts, frm = ctx.facts, ctx.header_from
-    if ctx.outbound_rule is None or frm.problem or ctx.hosted_domain is None:
+    if ctx.outbound_rule is None or frm.problem:
         return  # inbound, or from_domain has already said what is wrong
-    rules = send_as_patterns(facts, ctx.policy)
+    hosted = ctx.hosted_domain is not None
+    rules = send_as_patterns(ctx.route, facts, ctx.policy)
     if rules is not None:
         patterns, who = rules
-        login = facts.auth_login
-        if not any(pattern_matches(p, frm.address, login) for p in patterns):
+        login = ctx.route.login
+        # A From outside the hosted domains is from_domain's (unknown_from_domain); the envelope
+        # sender is always held to send_as, whatever the From says.
+        if hosted and not any(pattern_matches(p, frm.address, login) for p in patterns):
             yield Reason(
                 NAME,
                 "not_allowed",
@@ -65,7 +74,7 @@ def check(ctx: Context) -> Iterator[Reason]:
                 Action.REJECT,
                 f"MAIL FROM <{facts.mail_from}> is not an address {who} may send as",
             )
-    if facts.mail_from:
+    if hosted and facts.mail_from:
         envelope_domain = facts.mail_from.rpartition("@")[2].lower()
         mode = ctx.policy.defaults.alignment
         if not aligned(envelope_domain, frm.domain, mode):

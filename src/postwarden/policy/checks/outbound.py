@@ -3,10 +3,6 @@
 Mail that matches no outbound rule is inbound: it is passed untouched, not signed and not
 counted, and no later check runs, so attaching postwarden to port 25 never judges mail from
 the internet.
-
-Reason codes:
-- inbound: the message matched no [milter].outbound rule and was passed untouched.
-- notice: postwarden's own notice (a lock alert, proven by its HMAC header): passed, never counted or held.
 """
 
 from __future__ import annotations
@@ -21,9 +17,14 @@ if TYPE_CHECKING:
     from postwarden.policy.engine import Context
 
 NAME = "outbound"
+DEFAULTS: dict[str, object] = {}
+CODES = {
+    "inbound": "the message matched no [milter].outbound rule and was passed untouched.",
+    "notice": "postwarden's own notice (a lock alert, proven by its HMAC header): passed, never counted or held.",
+}
 
 
-@register(NAME, order=10)
+@register(NAME, order=10, codes=CODES, defaults=DEFAULTS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.facts.system_notice:
         yield Reason(NAME, "notice", Action.ACCEPT, "postwarden's own notice: passed", final=True)

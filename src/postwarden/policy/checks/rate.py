@@ -6,13 +6,9 @@ cap, and its mail is held, not lost, until an admin has looked.
 
 Counts arrive as an argument (RateState), read by the adapter in the same SQLite transaction
 that records the message, so the check stays pure and the count exact. A message that another
-check rejects or tempfails uses none of the allowance; a held one uses it. Caps: the login's
-[users] entry, else its domain's [domains] entry, else [rate].
-
-Reason codes:
-- locked: the sender is locked since it broke a cap; its mail is held until `postwarden unlock`.
-- exceeded: this message would break a cap; it gets [rate].on_exceed.
-- locked_now: this message broke a cap and locked the sender ([rate].lock = true); the admins in [rate].notify are mailed.
+check rejects or tempfails uses none of the allowance; a held one uses it. The caps are the
+route's (policy/route.py): a login's [users] entry, else its domain's [domains] entry when the
+login is an address, else [rate]; an override replaces the caps of the windows it names.
 """
 
 from __future__ import annotations
@@ -20,23 +16,27 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from postwarden.policy.model import Action, Reason
+from postwarden.policy.model import Action, LockSender, Notify, Reason
 from postwarden.policy.registry import register
 
 if TYPE_CHECKING:
     from postwarden.policy.engine import Context
 
 NAME = "rate"
+DEFAULTS: dict[str, object] = {
+    "rate.messages": ["30/minute", "500/hour", "2000/day"],
+    "rate.recipients": ["200/minute", "5000/day"],
+    "rate.on_exceed": "quarantine",
+    "rate.lock": True,
+}
+CODES = {
+    "locked": "the sender is locked since it broke a cap; its mail is held until `postwarden unlock`.",
+    "exceeded": "this message would break a cap; it gets [rate].on_exceed.",
+    "locked_now": "this message broke a cap and locked the sender ([rate].lock = true); the admins in [rate].notify are mailed.",
+}
 
 
-def _subject(ctx: Context) -> tuple[str, str]:
-    """The [users] login and the domain whose caps apply."""
-    login = ctx.facts.auth_login
-    address = login if "@" in login else ctx.facts.mail_from
-    return login, address.rpartition("@")[2].lower()
-
-
-@register(NAME, order=40)
+@register(NAME, order=40, codes=CODES, defaults=DEFAULTS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.facts.system_notice:
         return
@@ -53,7 +53,7 @@ def check(ctx: Context) -> Iterator[Reason]:
             " until an admin unlocks it",
         )
         return
-    message_caps, recipient_caps = ctx.policy.rate_limits(*_subject(ctx))
+    message_caps, recipient_caps = ctx.route.caps.messages, ctx.route.caps.recipients
     n_rcpts = len(ctx.facts.rcpts)
     broken = ""
     for limit, window, spec in message_caps:
@@ -83,4 +83,5 @@ def check(ctx: Context) -> Iterator[Reason]:
             f"sender {who} broke its cap of {broken} and is locked: its mail is held until an"
             " admin unlocks it",
             detail=broken,
+            effects=(LockSender(who, broken), Notify(who, broken)),
         )

@@ -1,0 +1,248 @@
+"""Carry out a verdict's plan, in one fixed order, so a failure at any step leaves nothing behind.
+
+The order (policy.model.STEPS):
+
+1. edit, wrap, sign: computed in memory only (the headers as they will leave, the wrapped body,
+   the signatures). Postfix has been told nothing yet.
+2. count, lock: written in the sender's rate transaction, not yet committed.
+3. postfix: header removals and additions, the new body, the DKIM-Signature headers, the hold
+   queue or the reply: what Postfix is told.
+4. commit: the count and the lock become real only now, with the message's outcome final.
+5. notify: the lock notice is mailed once its lock is committed.
+
+A failure raises `StepFailed`, naming the step; the transaction is rolled back, so the message
+is neither counted nor locked nor notified. `failed_action` says what the message then gets:
+never weaker than its verdict (decisions.md, Actions).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from postwarden.config import Config
+from postwarden.config.keys import LoadedKey
+from postwarden.milter.notify import LockEvent, Notifier
+from postwarden.policy import Action, Facts, Verdict, evaluate
+from postwarden.policy.html import wrap_bare_html
+from postwarden.policy.hygiene import headers_after
+from postwarden.policy.model import (
+    Count,
+    HeaderEdit,
+    Hold,
+    LockSender,
+    Notify,
+    Reply,
+    Sign,
+    WrapHtml,
+)
+from postwarden.policy.route import Route, route
+from postwarden.signing import RelaxedBodyHasher, Signature, sign
+from postwarden.store.rates import RateStore, RateTransaction
+
+log = logging.getLogger("postwarden")
+
+MAX_REPLY = 900  # an SMTP reply line stays well under 1000 octets with code and prefix
+
+
+class Postfix(Protocol):
+    """What a plan tells Postfix: the libmilter calls at end-of-message."""
+
+    def chgheader(self, field: str, idx: int, value: str | None) -> None: ...
+    def addheader(self, field: str, value: str, idx: int = -1) -> None: ...
+    def replacebody(self, chunk: bytes) -> None: ...
+    def quarantine(self, reason: str) -> None: ...
+    def setreply(self, rcode: str, xcode: str, *msg: str) -> None: ...
+
+
+@dataclass
+class Message:
+    """What the callbacks gathered beyond the facts: the header as received, the body hash (and
+    the body itself when it may hold bare HTML)."""
+
+    headers: list[tuple[str, str]]
+    body_hasher: RelaxedBodyHasher | None = None
+    body: bytes | None = None
+
+
+@dataclass
+class Outcome:
+    verdict: Verdict
+    signatures: list[Signature] = field(default_factory=list)
+
+
+class StepFailed(Exception):
+    def __init__(self, verdict: Verdict, step: str, cause: BaseException) -> None:
+        super().__init__(f"{step}: {type(cause).__name__}: {cause}")
+        self.verdict = verdict
+        self.step = step
+        self.cause = cause
+
+
+# Test hook: a step name -> a callable raising there (the failure-injection tests).
+FAULTS: dict[str, Callable[[], None]] = {}
+
+
+def _at(step: str) -> None:
+    fault = FAULTS.get(step)
+    if fault is not None:
+        fault()
+
+
+def reply_text(text: str) -> str:
+    # libmilter treats the text as a format string and refuses CR or LF.
+    text = text.replace("\r", " ").replace("\n", " ").replace("%", "%%")
+    return text[:MAX_REPLY]
+
+
+@dataclass
+class Prepared:
+    edits: list[HeaderEdit]
+    body: bytes | None  # the new body, when it was wrapped
+    signatures: list[Signature]
+
+
+def prepare(
+    verdict: Verdict, msg: Message, keys: dict[str, list[LoadedKey]], now: datetime
+) -> Prepared:
+    """Steps edit, wrap and sign: in memory only."""
+    step = "edit"
+    try:
+        _at(step)
+        edits = verdict.of(HeaderEdit)
+        leaving = headers_after(msg.headers, tuple(edits))
+        step = "wrap"
+        _at(step)
+        new_body = None
+        if verdict.of(WrapHtml) and msg.body is not None:
+            new_body = wrap_bare_html(leaving, msg.body)
+        step = "sign"
+        _at(step)
+        signatures: list[Signature] = []
+        for effect in verdict.of(Sign):
+            active = [k for k in keys.get(effect.domain, []) if k.active]
+            if not active:
+                continue
+            if new_body is not None:
+                hasher = RelaxedBodyHasher()
+                hasher.update(new_body)
+            elif msg.body_hasher is not None:
+                hasher = msg.body_hasher
+            else:
+                raise RuntimeError("outbound message without a body hash")
+            body_hash = hasher.digest_b64()
+            headers = [
+                (n.encode("ascii", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                for n, v in leaving
+            ]
+            ts = int(now.timestamp())
+            signatures += [sign(headers, body_hash, key, ts) for key in active]
+        return Prepared(edits, new_body, signatures)
+    except Exception as exc:
+        raise StepFailed(verdict, step, exc) from exc
+
+
+def write(verdict: Verdict, tx: RateTransaction | None, queue_id: str) -> None:
+    """Steps count and lock: in the sender's transaction, committed with the outcome."""
+    step = "count"
+    try:
+        _at(step)
+        if tx is not None:
+            for c in verdict.of(Count):
+                tx.count(c.rcpts, queue_id)
+        step = "lock"
+        _at(step)
+        if tx is not None:
+            for lock in verdict.of(LockSender):
+                tx.lock(lock.cap, queue_id)
+    except Exception as exc:
+        raise StepFailed(verdict, step, exc) from exc
+
+
+def tell_postfix(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
+    """Step postfix: what Postfix is told, in the order libmilter needs."""
+    try:
+        _at("postfix")
+        for edit in prepared.edits:
+            if edit.op == "remove":
+                io.chgheader(edit.name, edit.index, None)
+            else:
+                io.addheader(edit.name, edit.value)
+        if prepared.body is not None:
+            for i in range(0, len(prepared.body), 65536):
+                io.replacebody(prepared.body[i : i + 65536])
+        for signature in prepared.signatures:
+            # Postfix takes LF-folded header values from a milter and writes CRLF itself.
+            io.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
+        for hold in verdict.of(Hold):
+            io.quarantine(reply_text(hold.text))
+        for reply in verdict.of(Reply):
+            io.setreply(reply.code, reply.status, reply_text(reply.text))
+    except Exception as exc:
+        raise StepFailed(verdict, "postfix", exc) from exc
+
+
+def notify(verdict: Verdict, notifier: Notifier, queue_id: str, now: datetime) -> None:
+    """Step notify: after the commit. A notice that cannot be sent is logged; the message keeps
+    its verdict."""
+    for n in verdict.of(Notify):
+        log.warning(
+            "%s: %s locked: it broke its cap of %s", queue_id or "NOQUEUE", n.identity, n.cap
+        )
+        try:
+            _at("notify")
+            notifier.locked(LockEvent(n.identity, n.cap, queue_id, now.isoformat()))
+        except Exception as exc:  # noqa: BLE001  (a notice never changes a decided message)
+            log.error("%s: lock notice for %s not queued: %s", queue_id, n.identity, exc)
+
+
+def carry_out(
+    facts: Facts,
+    msg: Message,
+    io: Postfix,
+    config: Config,
+    rates: RateStore,
+    notifier: Notifier,
+    now: datetime,
+    route_: Route | None = None,
+) -> Outcome:
+    """Decide (with the sender's counts read in the transaction that records the message) and
+    apply the plan. Raises StepFailed after a verdict, anything else before one."""
+    policy = config.policy
+    r = route_ or route(facts, policy)
+    if not r.outbound or facts.system_notice:
+        passed = evaluate(facts, policy, now, None, r)
+        tell_postfix(passed, prepare(passed, msg, config.keys, now), io)
+        return Outcome(passed)
+    windows = sorted({w for _, w, _ in (*r.caps.messages, *r.caps.recipients)})
+    verdict: Verdict | None = None
+    try:
+        with rates.transaction(r.identity, windows, now) as tx:
+            verdict = evaluate(facts, policy, now, tx.state, r)
+            prepared = prepare(verdict, msg, config.keys, now)
+            write(verdict, tx, facts.queue_id)
+            tell_postfix(verdict, prepared, io)
+            _at("commit")
+    except StepFailed:
+        raise
+    except Exception as exc:
+        if verdict is None:
+            raise
+        raise StepFailed(verdict, "commit", exc) from exc
+    notify(verdict, notifier, facts.queue_id, now)
+    return Outcome(verdict, prepared.signatures)
+
+
+def failed_action(verdict: Verdict | None, step: str, on_error: Action) -> Action:
+    """What a message gets when a step of its plan fails: [milter].on_error where no verdict was
+    reached; after one, never weaker than the verdict, and a tempfail where Postfix may already
+    hold part of the plan's edits."""
+    if verdict is None:
+        return on_error
+    action = max(verdict.action, on_error)
+    if step == "postfix" and action in (Action.ACCEPT, Action.QUARANTINE):
+        return Action.TEMPFAIL  # half-edited: Postfix must discard it
+    return action
