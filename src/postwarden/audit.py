@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
+from postwarden.store import records
+
 
 def actor() -> str:
     """The admin behind the command: the sudo user when run through sudo."""
@@ -17,10 +19,4 @@ def actor() -> str:
 def record(
     db: sqlite_utils.Database, action: str, targets: list[str], note: str = "", who: str = ""
 ) -> None:
-    now = datetime.now(UTC).isoformat()
-    who = who or actor()
-    with db.conn:
-        db.conn.executemany(
-            "INSERT INTO audit (time, actor, action, target, note) VALUES (?, ?, ?, ?, ?)",
-            [(now, who, action, t, note) for t in targets],
-        )
+    records.add_audit(db, datetime.now(UTC).isoformat(), who or actor(), action, targets, note)

@@ -13,6 +13,7 @@ from typing import Any
 
 from postwarden import EX_CONFIG, EX_FOUND, EX_OK, EX_TEMPFAIL, EX_USAGE, __version__
 from postwarden.config import ConfigError, config_path, load_config
+from postwarden.store import records
 
 
 def _load(args: argparse.Namespace, *, validate_keys: bool = False) -> Any:
@@ -107,7 +108,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    from postwarden.store import queries
+    from postwarden.store import daemon_state, queries
     from postwarden.store.db import open_db
 
     cfg = _load(args)
@@ -125,6 +126,14 @@ def cmd_log(args: argparse.Namespace) -> int:
         return EX_USAGE
     db = open_db(db_path, readonly=True)
     filters = {"since": since, "sender": args.sender, "action": args.action}
+    for h in daemon_state.writer_health(db):
+        # Said on stderr so that --json stays one document: decisions the log cannot show.
+        print(
+            f"postwarden: the daemon started {h.started_at[:19]}Z (pid {h.pid}) could not record"
+            f" {h.rows_dropped + h.rows_failed} decision row(s): {h.rows_dropped} dropped on a"
+            f" full queue, {h.rows_failed} refused by the database (see its log)",
+            file=sys.stderr,
+        )
     rows = queries.decisions(db, limit=args.limit, **filters)
     if args.json and not args.follow:
         print(json.dumps(rows, indent=2, sort_keys=True))
@@ -134,11 +143,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     _print_rows(rows, args.json)
     if not args.follow:
         return EX_OK
-    last = (
-        rows[-1]["id"]
-        if rows
-        else int(db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
-    )
+    last = rows[-1]["id"] if rows else records.max_decision_id(db)
     try:
         while True:
             sys.stdout.flush()
@@ -281,14 +286,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             return EX_OK
         if args.q_command == "show":
             print(q.show(postfix_dir, args.queue_id), end="")
-            rows = [
-                r
-                for r in db.execute(
-                    "SELECT time, action, identity, reasons FROM decisions WHERE queue_id = ? ORDER BY id",
-                    [args.queue_id],
-                ).fetchall()
-            ]
-            for when, action, identity, reasons in rows:
+            for _, when, action, identity, _, _, reasons in records.decisions_by_queue_id(
+                db, [args.queue_id]
+            ):
                 print(f"\n*** postwarden decision {when}: {action} {identity}")
                 for r in json.loads(reasons or "[]"):
                     print(f"*** {r['check']}.{r['code']}: {r['text']}")

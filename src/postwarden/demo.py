@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from postwarden import EX_CONFIG, EX_TEMPFAIL
 from postwarden.sandbox import Sandbox, SandboxError, port_in_use
-from postwarden.store import queries
+from postwarden.store import queries, records
 from postwarden.store.db import open_db
 
 SMTP_PORT = 2525
@@ -275,11 +275,7 @@ def _max_id(db_path: Path) -> int:
     if not db_path.exists():
         return 0
     try:
-        return int(
-            open_db(db_path, readonly=True)
-            .execute("SELECT COALESCE(MAX(id), 0) FROM decisions")
-            .fetchone()[0]
-        )
+        return records.max_decision_id(open_db(db_path, readonly=True))
     except sqlite3.Error:  # no table yet: nothing recorded
         return 0
 

@@ -16,6 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from postwarden import audit
+from postwarden.store import records
 
 BATCH = 10_000  # queue ids per postsuper process
 
@@ -78,18 +79,11 @@ def held(config_dir: str) -> list[Held]:
 def with_decisions(db: sqlite_utils.Database, messages: list[Held]) -> list[Held]:
     """Fill in identity, From, Subject and reasons from each message's decision row."""
     by_id = {m.queue_id: m for m in messages}
-    ids = list(by_id)
-    for i in range(0, len(ids), 500):
-        chunk = ids[i : i + 500]
-        rows = db.execute(
-            f"SELECT queue_id, identity, header_from, subject, reasons FROM decisions"
-            f" WHERE queue_id IN ({', '.join('?' * len(chunk))}) ORDER BY id",
-            chunk,
-        ).fetchall()
-        for queue_id, identity, header_from, subject, reasons in rows:
-            m = by_id[queue_id]
-            m.identity, m.header_from, m.subject = identity or "", header_from or "", subject or ""
-            m.reasons = [f"{r['check']}.{r['code']}" for r in json.loads(reasons or "[]")]
+    rows = records.decisions_by_queue_id(db, list(by_id))
+    for queue_id, _, _, identity, header_from, subject, reasons in rows:
+        m = by_id[queue_id]
+        m.identity, m.header_from, m.subject = identity or "", header_from or "", subject or ""
+        m.reasons = [f"{r['check']}.{r['code']}" for r in json.loads(reasons or "[]")]
     return messages
 
 

@@ -24,7 +24,7 @@ def test_demo_shows_accept_and_reject_rows_then_stops_everything() -> None:
         assert (
             "550 5.7.1 From <service@paypal.example>: domain paypal.example is not hosted" in table
         )
-        assert "local:contact@example.com" in table  # the sendmail(1) message
+        assert "local:www-data" in table  # the sendmail(1) message
         assert "delivered to the sink: 10 message(s)" in out  # 9 accepted and the lock notice
         assert "held in Postfix's hold queue: 2 message(s)" in out
         assert "rate.exceeded, rate.locked_now" in table and "outbound.notice" in table

@@ -71,6 +71,15 @@ def _send_as(text: str) -> str:
     )
 
 
+def _local_send_as(text: str) -> str:
+    """A [local] pattern: a send_as pattern, or "<>", the null sender (decisions.md)."""
+    if text == "<>":
+        return text
+    if text == "{login}":
+        raise ValueError('{login} means nothing for a local user: use an address or "<>"')
+    return _send_as(text)
+
+
 def _outbound(text: str) -> str:
     kind, _, arg = text.partition(":")
     if text in ("sasl", "local"):
@@ -122,6 +131,7 @@ RateSpec = Annotated[str, AfterValidator(_rate)]
 DomainName = Annotated[str, AfterValidator(_domain)]
 Address = Annotated[str, AfterValidator(_address)]
 SendAs = Annotated[str, AfterValidator(_send_as)]
+LocalSendAs = Annotated[str, AfterValidator(_local_send_as)]
 OutboundRule = Annotated[str, AfterValidator(_outbound)]
 MilterSocket = Annotated[str, AfterValidator(_socket)]
 Nameserver = Annotated[str, AfterValidator(_nameserver)]
@@ -214,7 +224,7 @@ class DefaultsSection(Strict):
 
 
 class LocalSection(Strict):
-    send_as: dict[str, list[SendAs]] = {}
+    send_as: dict[str, list[LocalSendAs]] = {}
 
 
 class HeadersSection(Strict):

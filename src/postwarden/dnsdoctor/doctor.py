@@ -19,6 +19,7 @@ from postwarden.config.keys import LoadedKey
 from postwarden.dnsdoctor.lookup import Answer, Lookup, make_resolver
 from postwarden.dnsdoctor.spfrecord import MAX_TERMS, MAX_VOID, count_lookups, parse, spf_records
 from postwarden.keytools import txt_record
+from postwarden.store import records
 
 WORKERS = 64  # domains checked at once
 MARKS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "unknown": "UNKN"}
@@ -470,22 +471,16 @@ def run(
 def record(db: Any, report: Report) -> None:
     """Store every finding with its run's time: `dns-check` and the TUI's Domains screen both
     write here, and the screen shows each domain's latest run."""
-    with db.conn:
-        db.conn.executemany(
-            "INSERT INTO dns_checks (run_at, domain, area, status, message, fix)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(report.checked_at, d, f.area, f.status, f.message, f.fix) for d, f in report.all()],
-        )
+    records.add_dns_findings(
+        db,
+        report.checked_at,
+        [(d, f.area, f.status, f.message, f.fix) for d, f in report.all()],
+    )
 
 
 def latest(db: Any) -> dict[str, tuple[str, list[Finding]]]:
     """Each domain's findings from its most recent check: {domain: (run_at, findings)}."""
-    rows = db.execute(
-        "SELECT c.domain, c.run_at, c.area, c.status, c.message, c.fix FROM dns_checks c"
-        " JOIN (SELECT domain, MAX(run_at) AS run_at FROM dns_checks GROUP BY domain) m"
-        " ON c.domain = m.domain AND c.run_at = m.run_at ORDER BY c.id"
-    ).fetchall()
     out: dict[str, tuple[str, list[Finding]]] = {}
-    for domain, run_at, area, status, message, fix in rows:
+    for domain, run_at, area, status, message, fix in records.latest_dns_findings(db):
         out.setdefault(domain, (run_at, []))[1].append(Finding(area, status, message, fix or ""))
     return out

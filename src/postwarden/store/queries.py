@@ -101,10 +101,15 @@ def decisions(
         where.append("action = ?")
         args.append(action)
     if reason:
+        # Matched on the parsed JSON, not on the spacing json.dumps happens to write.
         check, _, code = reason.partition(".")
-        pattern = f'"check": "{check}"' + (f', "code": "{code}"' if code else "")
-        where.append("reasons LIKE ?")
-        args.append(f"%{pattern}%")
+        where.append(
+            "EXISTS (SELECT 1 FROM json_each(decisions.reasons) r"
+            " WHERE json_extract(r.value, '$.check') = ?"
+            + (" AND json_extract(r.value, '$.code') = ?" if code else "")
+            + ")"
+        )
+        args += [check, code] if code else [check]
     if text:
         where.append(
             "(subject LIKE ? OR header_from LIKE ? OR mail_from LIKE ? OR identity LIKE ?"

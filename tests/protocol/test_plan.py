@@ -1,0 +1,230 @@
+"""The plan and its failures, through pymilter's TestCtx with a real SQLite file and the real
+`postwarden senders --json` (decisions.md, Actions).
+
+What each failure gets: a failure before a verdict gets [milter].on_error; after a verdict the
+message gets the stricter of the two (a held message stays held, a refused one refused); a
+failure leaves no count, no lock, no notice and no edit; its row says which step failed and
+keeps the identity, the direction and the envelope.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import Milter
+import pytest
+
+from postwarden.config import load_config
+from postwarden.milter import adapter, effects
+from postwarden.milter.notify import LockEvent, Notifier
+from postwarden.milter.runtime import Runtime
+from postwarden.store import open_db, queries
+from postwarden.store.rates import RateStore
+from postwarden.store.writer import Writer
+from tests.helpers import message, write_config, write_key
+from tests.protocol.test_adapter import Ctx
+
+POLICY = """
+[domains."example.com"]
+keys = [{ selector = "r", file = "r.key" }]
+
+[rate]
+messages = ["1/minute"]
+recipients = ["100/minute"]
+on_exceed = "quarantine"
+lock = true
+notify = ["postmaster@example.net"]
+"""
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__("/nonexistent", ["postmaster@example.net"], "test", "secret")
+        self.events: list[LockEvent] = []
+
+    def locked(self, event: LockEvent) -> None:
+        self.events.append(event)
+
+
+def _runtime(root: Path, on_error: str = "tempfail", policy: str = POLICY) -> Runtime:
+    write_key(root / "policies" / "r.key")
+    cfg = load_config(write_config(root, policy, on_error=on_error))
+    writer = Writer(cfg.daemon.store.database, 90)
+    writer.start()
+    rt = Runtime(
+        config=cfg,
+        writer=writer,
+        rates=RateStore(cfg.daemon.store.database),
+        notifier=RecordingNotifier(),
+        notice_secret="secret",
+    )
+    Milter.factory = adapter.factory(rt)
+    return rt
+
+
+@pytest.fixture(autouse=True)
+def _no_faults() -> Iterator[None]:
+    yield
+    effects.FAULTS.clear()
+
+
+def _fail_at(step: str) -> None:
+    def boom() -> None:
+        raise OSError(f"injected failure at {step}")
+
+    effects.FAULTS[step] = boom
+
+
+def senders_json(rt: Runtime) -> list[dict[str, object]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "postwarden", "--config", str(rt.config.path), "senders", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def rows(rt: Runtime) -> list[dict[str, object]]:
+    rt.writer.flush_and_stop()
+    return sorted(
+        queries.decisions(open_db(rt.writer.path), limit=None),
+        key=lambda r: int(r["id"]),  # type: ignore[arg-type]
+    )
+
+
+def send(ctx: Ctx, subject: str, queue_id: str, body: str = "hello") -> int:
+    return ctx.send(  # type: ignore[no-any-return]
+        message(subject=subject, body=body, extra="Message-ID: <m@example.com>\r\n"),
+        "alice@example.com",
+        "bob@remote.test",
+        queue_id=queue_id,
+        login="alice@example.com",
+    )
+
+
+@pytest.mark.parametrize("step", ["sign", "wrap", "edit", "postfix", "commit"])
+def test_a_failure_at_any_step_leaves_no_count_no_lock_no_notice_no_edit(
+    tmp_path: Path, step: str
+) -> None:
+    rt = _runtime(tmp_path)
+    ctx = Ctx()
+    ctx.connect()
+    assert send(ctx, "first", "Q1") == Milter.ACCEPT  # uses the 1/minute allowance
+    before = senders_json(rt)
+    assert before[0]["messages"][0]["used"] == 1 and before[0]["locked"] is False  # type: ignore[index]
+    ctx.added.clear()
+    _fail_at(step)
+    # The second message would break the cap, lock alice and mail the admins.
+    body = "<p>bare html</p>" if step == "wrap" else "hello"
+    assert send(ctx, "second", "Q2", body) == Milter.TEMPFAIL
+    if step not in ("postfix", "commit"):
+        # Nothing reached Postfix: no header, no signature, no hold. (At those two steps Postfix
+        # has been told some of it, and the tempfail makes it discard the message whole.)
+        assert ctx.added == [] and ctx.quarantined == []
+    after = senders_json(rt)
+    assert after == before  # counts unchanged, no lock
+    assert rt.notifier.events == []  # type: ignore[attr-defined]
+    r = rows(rt)[-1]
+    assert r["action"] == "tempfail" and str(r["error"]).startswith(f"{step}: OSError")
+    assert r["identity"] == "sasl:alice@example.com" and r["outbound"] is True
+    assert [x["code"] for x in r["reasons"]][-1] == "error"  # type: ignore[index]
+    # The reasons found before the failure are kept with it.
+    assert "rate.exceeded" in [f"{x['check']}.{x['code']}" for x in r["reasons"]]  # type: ignore[index]
+
+
+def test_without_a_failure_the_same_message_locks_and_notifies_once(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path)
+    ctx = Ctx()
+    ctx.connect()
+    send(ctx, "first", "Q1")
+    assert send(ctx, "second", "Q2") == Milter.ACCEPT and ctx.quarantined
+    assert [e.identity for e in rt.notifier.events] == ["sasl:alice@example.com"]  # type: ignore[attr-defined]
+    assert senders_json(rt)[0]["locked"] is True
+
+
+def test_on_error_accept_never_weakens_a_hold_or_a_refusal(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path, on_error="accept")
+    ctx = Ctx()
+    ctx.connect()
+    send(ctx, "first", "Q1")
+    send(ctx, "locks", "Q2")  # alice is locked now
+    ctx.quarantined.clear()
+    ctx.added.clear()
+    _fail_at("sign")
+    # A locked sender's message that hits a failure is still held (unsigned, unedited).
+    assert send(ctx, "held anyway", "Q3") == Milter.ACCEPT
+    assert ctx.quarantined and ctx.added == []
+    # A refused one is still refused, with its own text.
+    effects.FAULTS.clear()
+    _fail_at("edit")
+    rc = ctx.send(
+        message(from_="x@elsewhere.test"),
+        "alice@example.com",
+        "b@r.test",
+        queue_id="Q4",
+        login="alice@example.com",
+    )
+    assert rc == Milter.REJECT and "not hosted" in ctx._reply[2]
+    held, refused = rows(rt)[-2:]
+    assert (held["action"], refused["action"]) == ("quarantine", "reject")
+    assert held["signatures"] == []
+
+
+def test_on_error_accept_applies_where_no_verdict_was_reached(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path, on_error="accept")
+    ctx = Ctx()
+    ctx.connect()
+    original = effects.evaluate
+    try:
+        effects.evaluate = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no verdict"))  # type: ignore[assignment]
+        assert send(ctx, "x", "Q1") == Milter.ACCEPT
+    finally:
+        effects.evaluate = original
+    [r] = rows(rt)
+    assert r["action"] == "accept" and str(r["error"]).startswith("decide: RuntimeError")
+    assert r["identity"] == "sasl:alice@example.com"
+
+
+def test_the_error_row_of_an_inbound_message_says_inbound_and_carries_its_identity(
+    tmp_path: Path,
+) -> None:
+    rt = _runtime(tmp_path)
+    _fail_at("edit")
+    ctx = Ctx()
+    ctx.connect(ip="198.51.100.9")
+    rc = ctx.send(message(from_="x@elsewhere.test"), "x@elsewhere.test", "alice@example.com")
+    assert rc == Milter.TEMPFAIL
+    [r] = rows(rt)
+    assert r["outbound"] is False and r["identity"] == "ip:198.51.100.9"
+    assert r["mail_from"] == "x@elsewhere.test" and r["rcpts"] == ["alice@example.com"]
+    assert r["header_from"] == "x@elsewhere.test" and str(r["error"]).startswith("edit: OSError")
+
+
+def test_a_reload_between_mail_from_and_end_of_message_does_not_change_its_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = _runtime(tmp_path / "old")
+    old_hash = rt.config.policy.hash
+    # The new policy hosts no domain: under it, alice's message would be refused.
+    new = load_config(write_config(tmp_path / "new", '[domains."example.org"]\n'))
+    assert new.policy.hash != old_hash
+    real = adapter.PostwardenMilter.envrcpt
+
+    def reload_meanwhile(self: adapter.PostwardenMilter, *a: str) -> int:
+        rt.config = new  # what Daemon.reload does, while the message is in flight
+        return real(self, *a)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(adapter.PostwardenMilter, "envrcpt", reload_meanwhile)
+    ctx = Ctx()
+    ctx.connect()
+    assert send(ctx, "in flight", "Q1") == Milter.ACCEPT
+    monkeypatch.setattr(adapter.PostwardenMilter, "envrcpt", real)
+    assert send(ctx, "after", "Q2") == Milter.REJECT  # the next message: the new policy
+    first, second = rows(rt)
+    assert first["policy_hash"] == old_hash and first["signatures"]
+    assert second["policy_hash"] == new.policy.hash
