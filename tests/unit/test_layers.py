@@ -84,7 +84,10 @@ def test_sql_lives_in_store_only() -> None:
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                if node.func.attr in ("execute", "executemany", "executescript"):
-                    offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("execute", "executemany", "executescript")
+            ):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert offenders == []
