@@ -49,8 +49,27 @@ def test_a_valid_config_loads_with_spec_defaults(tmp_path: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{12}", cfg.policy.hash)
 
 
+# Keys of the spec whose features are not built yet (issues 14, 16, 17, 18, 19, 20 of this
+# batch): the loader refuses them by name, never ignores them. A feature that lands takes its
+# keys off this list, and the test below fails until it does.
+NOT_BUILT = {
+    "store.shared",
+    "store.shared_password_file",
+    "metrics",
+    'domains."example.com".contact',
+    'domains."example.com".streams',
+    "headers.repair",
+    "feedback",
+    "reports",
+    "streams",
+    "warmup",
+    "providers",
+}
+
+
 def test_the_spec_examples_parse_except_for_their_missing_key_files(tmp_path: Path) -> None:
-    """Every key in ../shared/spec/config.md's two examples is known to the loader."""
+    """Every key in ../shared/spec/config.md's two examples is known to the loader, but for
+    the NOT_BUILT ones, each refused as an unknown key."""
     text = (SHARED / "spec" / "config.md").read_text()
     daemon_toml, policy_toml = re.findall(r"```toml\n(.*?)```", text, re.S)
     (tmp_path / "policies").mkdir()
@@ -59,8 +78,11 @@ def test_the_spec_examples_parse_except_for_their_missing_key_files(tmp_path: Pa
         daemon_toml.replace('"/etc/postwarden/policies"', '"policies"')
     )
     problems = problems_of(tmp_path / "postwarden.toml")
+    unknown = {p.split(": ")[1] for p in problems if ": unknown key" in p}
+    assert unknown == NOT_BUILT
+    rest = [p for p in problems if ": unknown key" not in p]
     # The spec's key files live in /etc/postwarden/keys, which a test machine does not have.
-    assert problems and all("keys[" in p and "does not exist" in p for p in problems), problems
+    assert rest and all("keys[" in p and "does not exist" in p for p in rest), rest
 
 
 @pytest.mark.parametrize(
