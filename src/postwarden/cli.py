@@ -14,6 +14,7 @@ from typing import Any
 from postwarden import EX_CONFIG, EX_FOUND, EX_OK, EX_TEMPFAIL, EX_USAGE, __version__
 from postwarden.config import ConfigError, config_path, load_config
 from postwarden.store import records
+from postwarden.textsafe import printable, printable_lines  # header-derived text on a terminal
 
 
 def _load(args: argparse.Namespace, *, validate_keys: bool = False) -> Any:
@@ -101,9 +102,11 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
         if r["signatures"]:
             reasons += "  signed=" + ",".join(f"{x['d']}/{x['s']}" for x in r["signatures"])
         print(
-            f"{r['time'][:19].replace('T', ' ')}  {r['queue_id'] or 'NOQUEUE':<12} {r['action']:<10}"
-            f" {r['identity']:<28} {r['header_from'][:32]:<32} {reasons}"
-            + (f"  error={r['error']}" if r["error"] else "")
+            printable(
+                f"{r['time'][:19].replace('T', ' ')}  {r['queue_id'] or 'NOQUEUE':<12} {r['action']:<10}"
+                f" {printable(r['identity']):<28} {printable(r['header_from'])[:32]:<32} {reasons}"
+                + (f"  error={r['error']}" if r["error"] else "")
+            )
         )
 
 
@@ -232,7 +235,7 @@ def cmd_senders(args: argparse.Namespace) -> int:
             if r.locked
             else ""
         )
-        print(f"{r.identity:<36} {caps}{lock}")
+        print(printable(f"{printable(r.identity):<36} {caps}{lock}"))
     return EX_OK
 
 
@@ -278,20 +281,21 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
             for m in shown:
                 age = int(now - m.arrival_time)
                 print(
-                    f"{m.queue_id:<12} {age // 3600:>3}h{age % 3600 // 60:02d}m  {m.identity or m.sender:<30}"
-                    f" {m.header_from[:30]:<30} {','.join(m.recipients)[:30]:<30} {','.join(m.reasons)}"
+                    f"{m.queue_id:<12} {age // 3600:>3}h{age % 3600 // 60:02d}m  {printable(m.identity or m.sender):<30}"
+                    f" {printable(m.header_from)[:30]:<30} {printable(','.join(m.recipients))[:30]:<30}"
+                    f" {printable(','.join(m.reasons))}"
                 )
             pages = max(1, -(-len(items) // args.per_page))
             print(f"{len(items)} held; page {args.page} of {pages}")
             return EX_OK
         if args.q_command == "show":
-            print(q.show(postfix_dir, args.queue_id), end="")
+            print(printable_lines(q.show(postfix_dir, args.queue_id)), end="")
             for _, when, action, identity, _, _, reasons in records.decisions_by_queue_id(
                 db, [args.queue_id]
             ):
-                print(f"\n*** postwarden decision {when}: {action} {identity}")
+                print(f"\n*** postwarden decision {when}: {action} {printable(identity or '')}")
                 for r in json.loads(reasons or "[]"):
-                    print(f"*** {r['check']}.{r['code']}: {r['text']}")
+                    print(printable(f"*** {r['check']}.{r['code']}: {r['text']}"))
             return EX_OK
         if not args.queue_ids and not args.sender:
             print("name queue ids or --sender", file=sys.stderr)
@@ -310,6 +314,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     except q.PostfixError as exc:
         print(f"postwarden quarantine: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    except q.BadQueueId as exc:
+        print(f"postwarden quarantine {args.q_command}: {printable(str(exc))}", file=sys.stderr)
+        return EX_USAGE if exc.usage else EX_FOUND
     verb = {"release": "released", "delete": "deleted"}[args.q_command]
     print(
         f"{verb} {len(outcome.done)} message(s) with {outcome.processes} postsuper call(s)"
@@ -544,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = qsub.add_parser(
         "show",
         help="a held message and its decision",
-        description="The held message's headers and body (postcat) with its decision.",
+        description="The held message's headers and body (postcat) with its decision. Only a"
+        " message in the hold queue is shown: anything not a Postfix queue id is refused (exit 2),"
+        " a queue id not held too (exit 1). Control characters are printed as visible escapes.",
     )
     m.add_argument("queue_id", metavar="QUEUE_ID")
     m.set_defaults(fn=cmd_quarantine)

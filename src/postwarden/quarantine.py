@@ -8,6 +8,7 @@ its standard input, never one per message.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -150,8 +151,45 @@ def act(
     return Outcome(todo, missing, calls, time.monotonic() - started)
 
 
+# Postfix queue ids: short ones are upper-case hex (the inode and microseconds); long ones
+# (enable_long_queue_ids) are base-52 digits without vowels, a "z", then more of them.
+_SHORT_ID = re.compile(r"[0-9A-F]{6,20}")
+_LONG_ID = re.compile(
+    r"[0-9BCDFGHJKLMNPQRSTVWXYbcdfghjklmnpqrstvwxy]{6,20}z[0-9BCDFGHJKLMNPQRSTVWXYbcdfghjklmnpqrstvwxy]{1,20}"
+)
+
+
+class BadQueueId(ValueError):
+    """Not a Postfix queue id (exit 2), or not one in the hold queue (exit 1)."""
+
+    def __init__(self, message: str, *, held: bool = False) -> None:
+        super().__init__(message)
+        self.usage = not held
+
+
+def valid_queue_id(text: str) -> bool:
+    """Whether `text` is a Postfix queue id, short or long form (and so never an option)."""
+    return bool(_SHORT_ID.fullmatch(text) or _LONG_ID.fullmatch(text))
+
+
 def show(config_dir: str, queue_id: str) -> str:
-    res = _run(["postcat", "-c", config_dir, "-bh", "-q", queue_id])
+    """A held message as postcat prints it (its envelope and headers). Only a queue id in the
+    hold queue is shown: anything else is BadQueueId, never passed to postcat."""
+    if not valid_queue_id(queue_id):
+        raise BadQueueId(f"{queue_id!r} is not a Postfix queue id (such as 4B3C2D1E0F)")
+    if queue_id not in {m.queue_id for m in held(config_dir)}:
+        raise BadQueueId(f"{queue_id} is not in the hold queue", held=True)
+    try:
+        res = subprocess.run(
+            ["postcat", "-c", config_dir, "-bh", "-q", "--", queue_id],
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PostfixError(f"postcat: {exc}") from None
+    # A message's bytes are whatever the sender wrote: keep invalid UTF-8 as escapes.
+    stderr = res.stderr.decode("utf-8", "replace").strip()
     if res.returncode != 0:
-        raise PostfixError(f"postcat -q {queue_id}: {res.stderr.strip() or 'not found'}")
-    return res.stdout
+        raise PostfixError(f"postcat -q {queue_id}: {stderr or 'not found'}")
+    return res.stdout.decode("utf-8", "surrogateescape")

@@ -9,6 +9,8 @@ What each attempt gets:
    very same message again) is not a notice: it is checked and counted like any mail;
 7. with `unknown_from_domain = "accept"`, two From headers are still refused, and a foreign
    From still has its envelope sender held to send_as;
+8. MIME nested deeper than 32 levels is refused with a 5xx that says why (the milter reads
+   the structure as it streams, without recursion);
 13. what counts as local: only the exact connect Postfix's cleanup emulates for the pickup
     path (IPv4, "localhost", 127.0.0.1, port 0; the protocol tests refuse the other shapes).
     `sendmail -bs` submits through postdrop and pickup too (measured: the same connect), so it
@@ -164,3 +166,26 @@ def test_13_sendmail_bs_is_decided_as_local_mail(hstack: Stack) -> None:
     assert sb.wait_for(lambda: _rows(hstack, "via -bs"), 30)
     [row] = _rows(hstack, "via -bs")
     assert row["identity"] == "local:www-data" and row["outbound"] is True, row
+
+
+@pytest.mark.parametrize("depth", [50, 1200])
+def test_8_deep_mime_is_refused_with_a_5xx_that_says_why(hstack: Stack, depth: int) -> None:
+    body = (
+        "".join(
+            f"--b{i}\r\nContent-Type: multipart/mixed; boundary=b{i + 1}\r\n\r\n"
+            for i in range(depth)
+        )
+        + f"--b{depth}\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n"
+    )
+    msg = message(
+        from_="alice@example.com",
+        subject=f"deep {depth}",
+        extra="MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b0\r\n",
+        body=body,
+    )
+    r = hstack.sandbox.smtp_send(
+        msg, "alice@example.com", ["b@remote.test"], login="alice@example.com"
+    )
+    assert r.code == 550 and "nested more than 32 deep" in r.text, r
+    [row] = _rows(hstack, f"deep {depth}")
+    assert row["action"] == "reject" and row["error"] == ""

@@ -7,6 +7,8 @@ import email
 import email.policy
 import quopri
 
+import pytest
+
 from postwarden.policy.html import wrap_bare_html
 from tests.helpers import SHARED
 
@@ -101,3 +103,57 @@ def test_only_multipart_or_html_messages_may_hold_html() -> None:
     assert may_hold_html([("content-type", ' Multipart/Alternative; boundary="b"')])
     assert not may_hold_html([("Content-Type", "text/plain")])
     assert not may_hold_html([("Subject", "no content type: text/plain")])
+
+
+SAME = b"<p>Hello</p>"
+MIXED = [("Content-Type", 'multipart/mixed; boundary="B"')]
+
+
+def part(ctype: bytes, content: bytes, extra: bytes = b"") -> bytes:
+    return b"--B\r\nContent-Type: " + ctype + b"\r\n" + extra + b"\r\n" + content + b"\r\n"
+
+
+# (body, which parts must be wrapped, in order of the parts): a part holding the same bytes
+# as a bare HTML part is never the one edited (issue 14).
+WRONG_PART_CASES = {
+    "plain before html": (
+        part(b"text/plain", SAME) + part(b"text/html", SAME) + b"--B--\r\n",
+        [False, True],
+    ),
+    "preamble holds it": (b"" + SAME + b"\r\n" + part(b"text/html", SAME) + b"--B--\r\n", [True]),
+    "attachment first": (
+        part(b"text/html", SAME, b"Content-Disposition: attachment\r\n")
+        + part(b"text/html", SAME)
+        + b"--B--\r\n",
+        [False, True],
+    ),
+    "two bare html parts": (
+        part(b"text/html", SAME) + part(b"text/html", SAME) + b"--B--\r\n",
+        [True, True],
+    ),
+    "html then plain": (
+        part(b"text/html", SAME) + part(b"text/plain", SAME) + b"--B--\r\n",
+        [True, False],
+    ),
+    "epilogue holds it": (part(b"text/html", SAME) + b"--B--\r\n" + SAME + b"\r\n", [True]),
+    "forwarded plain": (
+        part(b"message/rfc822", b"Content-Type: text/plain\r\n\r\n" + SAME)
+        + part(b"text/html", SAME)
+        + b"--B--\r\n",
+        [False, True],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_PART_CASES))
+def test_the_wrap_edits_the_html_part_at_its_own_place(case: str) -> None:
+    body, wrapped = WRONG_PART_CASES[case]
+    new = wrap_bare_html(MIXED, body)
+    assert new is not None
+    msg = email.message_from_bytes(
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n' + new, policy=email.policy.compat32
+    )
+    leaves = [p for p in msg.walk() if not p.is_multipart()]
+    assert [b"<html><body>" in p.get_payload(decode=True) for p in leaves] == wrapped, case  # type: ignore[operator]
+    # what is outside the wrapped parts is byte for byte the same, preamble and epilogue too
+    assert new.replace(b"<html><body>\r\n", b"").replace(b"\r\n</body></html>", b"") == body

@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "__init__": 0,
     "__main__": 3,
     "config": 0,
+    "textsafe": 0,
     "policy": 1,
     "store": 1,
     "signing": 1,

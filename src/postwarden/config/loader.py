@@ -195,6 +195,9 @@ def load_policy(
     digest.update(repr(sorted(daemon.milter.outbound)).encode())
     merged: dict[str, Any] = {"domains": {}, "users": {}}
     owner: dict[str, str] = {}
+    # [domains] and [users] names, compared without regard to case: (table, lower name) ->
+    # (file, the name as written there).
+    named: dict[tuple[str, str], tuple[str, str]] = {}
     keys: dict[str, list[LoadedKey]] = {}
     edited = {p.resolve(): text for p, text in (overrides or {}).items()}
     present = {p.resolve() for p in files}
@@ -207,6 +210,7 @@ def load_policy(
         content = text.encode() if text is not None else path.read_bytes()
         digest.update(path.name.encode() + b"\0" + content + b"\0")
         _check_keys(path, raw, problems, warnings, keys, validate_keys)
+        duplicate = _duplicate_names(path, raw, named, problems)
         try:
             parsed = PolicyFile.model_validate(raw)
         except ValidationError as exc:
@@ -224,6 +228,8 @@ def load_policy(
                 )
             owner[section] = str(path)
             merged[section] = value
+        if duplicate:
+            continue
         for table in ("domains", "users"):
             for name, entry in getattr(parsed, table).items():
                 key = f'{table}."{name}"'
@@ -243,6 +249,39 @@ def load_policy(
     merged = {k: v for k, v in merged.items() if v is not None}
     policy = Policy(**merged, outbound=list(daemon.milter.outbound), hash=digest.hexdigest()[:12])
     return policy, keys
+
+
+def _duplicate_names(
+    path: Path,
+    raw: dict[str, Any],
+    named: dict[tuple[str, str], tuple[str, str]],
+    problems: list[Problem],
+) -> bool:
+    """A [domains] or [users] name defined twice, in this file or an earlier one, in any case:
+    a problem naming both places. (The models store names in lower case, so two spellings
+    would otherwise merge silently, the last one winning.) Whether there was one."""
+    found = False
+    for table in ("domains", "users"):
+        entries = raw.get(table)
+        if not isinstance(entries, dict):
+            continue
+        for name in entries:
+            key = (table, name.lower().rstrip(".") if table == "domains" else name.lower())
+            if key in named:
+                first_file, first_name = named[key]
+                where = "this file" if first_file == str(path) else first_file
+                problems.append(
+                    Problem(
+                        str(path),
+                        format_key((table, name)),
+                        f'{table[:-1]} "{name}" is already defined in {where} as '
+                        f'[{table}."{first_name}"] (names are compared without regard to case)',
+                    )
+                )
+                found = True
+            else:
+                named[key] = (str(path), name)
+    return found
 
 
 def _fallback_for_policies(path: Path) -> DaemonConfig | None:

@@ -127,6 +127,16 @@ def _ip(text: str) -> str:
     return text
 
 
+# ---- names compared without regard to case (issue 13): stored in lower case, so that a
+# lookup of a lower-cased login or domain is exact.
+def _lower(text: str) -> str:
+    return text.lower()
+
+
+Login = Annotated[str, AfterValidator(_lower)]
+LowerName = Annotated[str, AfterValidator(_lower)]
+# ----
+
 RateSpec = Annotated[str, AfterValidator(_rate)]
 DomainName = Annotated[str, AfterValidator(_domain)]
 Address = Annotated[str, AfterValidator(_address)]
@@ -254,7 +264,7 @@ class PolicyFile(Strict):
 
     defaults: DefaultsSection | None = None
     domains: dict[DomainName, DomainPolicy] = {}
-    users: dict[str, UserPolicy] = {}
+    users: dict[Login, UserPolicy] = {}
     local: LocalSection | None = None
     headers: HeadersSection | None = None
     bulk: BulkSection | None = None
@@ -269,8 +279,8 @@ class Policy(Strict):
     rules from postwarden.toml: everything the engine needs, and nothing it must not touch."""
 
     defaults: DefaultsSection = DefaultsSection()
-    domains: dict[str, DomainPolicy] = {}
-    users: dict[str, UserPolicy] = {}
+    domains: dict[LowerName, DomainPolicy] = {}
+    users: dict[Login, UserPolicy] = {}
     local: LocalSection = LocalSection()
     headers: HeadersSection = HeadersSection()
     bulk: BulkSection = BulkSection()

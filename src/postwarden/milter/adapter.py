@@ -24,6 +24,7 @@ from postwarden.milter import effects
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict
 from postwarden.policy.html import may_hold_html
+from postwarden.policy.mime import MimeScanner
 from postwarden.policy.route import Route, route
 from postwarden.signing import RelaxedBodyHasher, Signature
 
@@ -71,6 +72,9 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         # kept when bare HTML may need wrapping.
         self.body_hasher: RelaxedBodyHasher | None = None
         self.body_chunks: list[bytes] | None = None
+        # Outbound multipart mail: its MIME structure read as it arrives, bounded in depth.
+        self.mime: MimeScanner | None = None
+        self.outbound = False
 
     def _fail(self, where: str, exc: BaseException) -> None:
         # Remember the first failure; eom turns it into on_error. A noreply callback cannot.
@@ -128,6 +132,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.auth_login = self.getsymval("{auth_authen}") or ""
             policy = self.snapshot.policy
             if route(self._facts(""), policy).outbound:
+                self.outbound = True
                 self.body_hasher = RelaxedBodyHasher()
                 self.body_chunks = [] if policy.headers.wrap_bare_html else None
             log.debug("mail from=<%s> auth=%s", self.mail_from, self.auth_login or "-")
@@ -150,6 +155,11 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
     @noreply
     def eoh(self) -> int:
         self.size += 2
+        if self.outbound and _is_container(self.headers):
+            try:
+                self.mime = MimeScanner(self.headers)
+            except Exception as exc:  # noqa: BLE001  (remembered, tempfailed at eom)
+                self._fail("eoh", exc)
         if self.body_chunks is not None and not may_hold_html(self.headers):
             self.body_chunks = None  # nothing to wrap: neither keep nor parse the body
         return CONTINUE
@@ -162,6 +172,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         if self.body_hasher is not None:
             try:
                 self.body_hasher.update(chunk)
+                if self.mime is not None:
+                    self.mime.feed(chunk)
             except Exception as exc:  # noqa: BLE001  (remembered, tempfailed at eom)
                 self._fail("body", exc)
         return CONTINUE
@@ -228,7 +240,12 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
 
     def _facts(self, queue_id: str, final: bool = False) -> Facts:
         local = bool(self.conn.get("local"))
+        mime_problem = ""
+        if final and self.mime is not None:
+            self.mime.close()
+            mime_problem = self.mime.problem
         return Facts(
+            mime_problem=mime_problem,
             # Asked once, at end-of-message: a notice's token is taken when it is seen.
             system_notice=final
             and local
@@ -299,6 +316,14 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
                 self.setreply("451", "4.7.1", ERROR_TEXT)
             return TEMPFAIL
         return ACCEPT
+
+
+def _is_container(headers: list[tuple[str, str]]) -> bool:
+    for name, value in headers:
+        if name.lower() == "content-type":
+            kind = value.strip().lower()
+            return kind.startswith(("multipart/", "message/"))
+    return False
 
 
 def _return_code(action: Action) -> int:

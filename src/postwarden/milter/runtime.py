@@ -18,6 +18,7 @@ from postwarden.signing import Signature
 from postwarden.store.rates import RateStore
 from postwarden.store.text import readable
 from postwarden.store.writer import Writer
+from postwarden.textsafe import logfield
 
 log = logging.getLogger("postwarden")
 
@@ -121,9 +122,11 @@ def log_line(
     """One line per decision, beginning with the queue id as Postfix's and OpenDKIM's do."""
     parts = [
         f"{facts.queue_id or 'NOQUEUE'}: {verdict.action}",
-        f"identity={verdict.identity}",
-        f"from=<{verdict.from_address}>",
-        f"mail_from=<{facts.mail_from}>",
+        # Every value a sender wrote is one field, quoted when it is not plain: a MAIL FROM with
+        # spaces or "=" cannot forge another field, nor put escapes on a terminal.
+        f"identity={logfield(verdict.identity)}",
+        f"from={logfield('<' + verdict.from_address + '>')}",
+        f"mail_from={logfield('<' + facts.mail_from + '>')}",
         f"rcpts={len(facts.rcpts)}",
         f"size={facts.size}",
     ]
@@ -135,7 +138,7 @@ def log_line(
     parts.append(f"ms={duration_ms:.2f}")
     reply = verdict.reply()
     if verdict.error:
-        parts.append(f"error={verdict.error!r}")
+        parts.append(f"error={logfield(verdict.step + ': ' + verdict.error)}")
     elif reply:
-        parts.append(f"text={reply[2]!r}")
+        parts.append(f"text={logfield(reply[2])}")
     return " ".join(parts)

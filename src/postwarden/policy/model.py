@@ -46,6 +46,7 @@ class Facts:
     # postwarden's own notice (a lock alert), proven by its HMAC header: never counted or held.
     system_notice: bool = False
     smtputf8: bool = False  # MAIL FROM ... SMTPUTF8: 8-bit headers are allowed
+    mime_problem: str = ""  # why the body's MIME structure cannot be taken (too deep), or ""
 
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()

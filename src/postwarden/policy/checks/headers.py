@@ -30,6 +30,7 @@ CODES = {
     "duplicate": "more than one Date, Subject or Message-ID header.",
     "too_long": "a header line is over 998 octets (RFC 5322 2.1.1).",
     "eight_bit": "a header holds raw 8-bit bytes and the client did not use SMTPUTF8.",
+    "mime": "the body's MIME parts are nested deeper than postwarden reads (32 levels), or a Content-Type or boundary is oversized; always refused.",
 }
 SINGLE = ("Date", "Subject", "Message-ID")
 MAX_LINE = 998
@@ -45,6 +46,9 @@ def check(ctx: Context) -> Iterator[Reason]:
         return
     facts, rules = ctx.facts, ctx.policy.headers
     action = Action.named(rules.on_violation)
+    if facts.mime_problem:
+        # Nothing can be read, wrapped or checked past this: refused, whatever on_violation.
+        yield Reason(NAME, "mime", Action.REJECT, facts.mime_problem)
     present = {k.lower() for k, _ in facts.headers}
     added = {h.lower() for h in rules.add_missing}
     missing = [h for h in rules.require if h.lower() not in present and h.lower() not in added]

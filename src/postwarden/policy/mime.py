@@ -1,0 +1,306 @@
+"""The MIME structure of a message body, read in one linear pass and bounded in depth.
+
+Python's email parser recurses once per nested multipart or message/* part: about 1,000
+levels raise RecursionError, and its boundary test runs every enclosing boundary on every line.
+MimeScanner reads the same structure as the email package does (the same header-line test,
+boundary lines matched as its feedparser matches them, multipart/digest parts defaulting to
+message/rfc822), streaming, in linear time and bounded memory, and stops at MAX_MIME_DEPTH:
+`problem` then says why the message cannot be taken. It never recurses and never raises on
+hostile input.
+
+Used two ways:
+- streaming, by the milter as body chunks arrive (feed(), then close()): `problem` is the
+  reason to refuse the message, "" when its structure is fine;
+- on a whole body, with keep_leaves=True: the byte offsets of each leaf part's headers and
+  content, so an edit (wrap_bare_html) replaces that part where it is and nowhere else.
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+import re
+from dataclasses import dataclass, field
+
+# Nesting limit: multipart and message/* parts inside one another. Real mail nests a few
+# levels (mixed > alternative > related; a forward adds two); Postfix's own
+# mime_nesting_limit is 100, Python's parser dies near 1,000.
+MAX_MIME_DEPTH = 32
+# Longest boundary taken (RFC 2046 allows 70) and longest Content-Type header read.
+MAX_BOUNDARY = 200
+MAX_CONTENT_TYPE = 8192
+# Bytes of a line kept: enough for any boundary line or Content-Type line; of a boundary
+# line, the rest only has to be blank.
+_LINE_KEEP = MAX_CONTENT_TYPE + 16
+
+# The email package's test for a header line (email.feedparser.headerRE).
+_HEADER_LINE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
+_BLANK_TAIL = re.compile(rb"[ \t]*")
+_NAME_ONLY = re.compile(rb"[\041-\071\073-\176]*")
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass
+class Leaf:
+    """A part that holds content (not a multipart or message/* container), as byte offsets
+    into the body: its own headers are body[header_start:content_start] (empty for the
+    top-level entity, whose headers are the message's), its content body[content_start:end]
+    (the line break before the next boundary belongs to the boundary, not to the content)."""
+
+    content_type: str
+    header_start: int
+    content_start: int
+    end: int = -1
+    top: bool = False  # the message itself: its headers are the message's, not in the body
+
+
+@dataclass
+class _Entity:
+    header_start: int
+    default_type: str = "text/plain"
+    in_headers: bool = True
+    content_type_lines: list[bytes] = field(default_factory=list)
+    capturing: bool = False  # the header being read is the first Content-Type
+    kind: str = ""  # "multipart", "message" or "leaf", once the headers are read
+    boundary: bytes = b""
+    phase: str = "preamble"  # a multipart's: "preamble", "part" (inside one), "epilogue"
+    digest: bool = False  # a multipart/digest: its parts default to message/rfc822
+    part: bool = False  # a multipart's part (begun by a boundary line)
+    leaf: Leaf | None = None
+
+
+def _content_type(value: str, default: str) -> tuple[str, str]:
+    """(type, boundary) as the email package reads this Content-Type value."""
+    msg = email.message.Message(policy=email.policy.compat32)
+    msg.set_default_type(default)
+    if value:
+        msg["Content-Type"] = value
+    ctype = msg.get_content_type()
+    boundary = msg.get_boundary() if ctype.startswith("multipart/") else None
+    return ctype, boundary or ""
+
+
+class MimeScanner:
+    """Feed it the body after the message's own headers; read `problem`, `depth`, `leaves`."""
+
+    def __init__(self, headers: list[tuple[str, str]], *, keep_leaves: bool = False) -> None:
+        self.problem = ""
+        self.depth = 0  # deepest nesting of containers seen (a plain message is 0)
+        self.leaves: list[Leaf] = []
+        self._keep = keep_leaves
+        self._pos = 0  # offset of the next byte fed
+        self._line_start = 0
+        self._head = bytearray()  # the first _LINE_KEEP bytes of the line being read
+        self._tail_blank = True  # every byte after them is a space or tab
+        self._cr = -1  # where the data so far ended with a CR (a LF may follow), else -1
+        self._prev_newline = 0  # length of the line break before the current line
+        self._stack: list[_Entity] = []
+        values = [v for k, v in headers if k.lower() == "content-type"]
+        top = _Entity(header_start=0)
+        top.in_headers = False
+        self._root = top
+        self._stack.append(top)
+        self._typed(top, values[0] if values else "", 0)
+
+    # ---- input ---------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self.problem or not data:
+            self._pos += len(data)
+            return
+        base = self._pos
+        self._pos += len(data)
+        at = 0
+        if self._cr >= 0:
+            if data[:1] == b"\n":
+                at = 1
+            cr, self._cr = self._cr, -1
+            self._line(base + at, cr)
+            if self.problem:
+                return
+        for match in _NEWLINE.finditer(data, at):
+            self._add(data, at, match.start())
+            if match.group() == b"\r" and match.end() == len(data):
+                self._cr = base + match.start()  # a LF in the next chunk makes it one CRLF
+                return
+            self._line(base + match.end(), base + match.start())
+            at = match.end()
+            if self.problem:
+                return
+        self._add(data, at, len(data))
+
+    def close(self) -> None:
+        """The end of the body: every open part ends here."""
+        if self.problem:
+            return
+        if self._cr >= 0:
+            cr, self._cr = self._cr, -1
+            self._line(self._pos, cr)
+        elif self._pos > self._line_start:
+            self._line(self._pos, self._pos)  # a last line without a line break
+        self._end_above(-1, self._pos, -1)
+
+    def _add(self, data: bytes, start: int, end: int) -> None:
+        room = _LINE_KEEP - len(self._head)
+        if room > 0:
+            self._head += data[start : min(end, start + room)]
+            start += room
+        if start < end and self._tail_blank:
+            self._tail_blank = _BLANK_TAIL.fullmatch(data, start, end) is not None
+
+    # ---- one line ------------------------------------------------------------------------------
+
+    def _line(self, next_start: int, content_end: int) -> None:
+        """A whole line has been read: bytes [self._line_start, content_end) plus its line
+        break up to next_start."""
+        start, head, blank = self._line_start, bytes(self._head), self._tail_blank
+        self._line_start = next_start
+        self._head.clear()
+        self._tail_blank = True
+        long_line = content_end - start > len(head)
+        self._handle(start, head, blank, long_line)
+        self._prev_newline = next_start - content_end
+
+    def _boundary_owner(self, head: bytes, tail_blank: bool) -> tuple[int, bool] | None:
+        """The entity a boundary line belongs to, and whether it closes: the outermost open
+        multipart whose boundary it matches (the email package's false-EOF stack), the
+        innermost only while in its preamble, none in its epilogue."""
+        if not head.startswith(b"--") or not tail_blank:
+            return None
+        top = len(self._stack) - 1
+        for i, entity in enumerate(self._stack):
+            if entity.kind != "multipart":
+                continue
+            if entity.phase != "part" and not (i == top and entity.phase == "preamble"):
+                continue
+            b = entity.boundary
+            if not head.startswith(b, 2):
+                continue
+            rest = head[2 + len(b) :]
+            closes = rest.startswith(b"--")
+            if _BLANK_TAIL.fullmatch(rest[2:] if closes else rest):
+                return i, closes
+        return None
+
+    def _handle(self, start: int, head: bytes, tail_blank: bool, long_line: bool) -> None:
+        owner = self._boundary_owner(head, tail_blank)
+        if owner is not None:
+            i, closes = owner
+            end = max(start - self._prev_newline, 0)
+            self._end_above(i, end, start)
+            multipart = self._stack[i]
+            if closes:
+                multipart.phase = "epilogue"
+                return
+            multipart.phase = "part"
+            self._stack.append(
+                _Entity(
+                    header_start=self._line_start,
+                    default_type="message/rfc822" if multipart.digest else "text/plain",
+                    part=True,
+                )
+            )
+            return
+        top = self._stack[-1]
+        if not top.in_headers:
+            return  # content, preamble or epilogue: nothing to read in it
+        if long_line and _NAME_ONLY.fullmatch(head):
+            self.problem = f"a MIME header line over {_LINE_KEEP:,} characters without a colon"
+            return
+        if head and _HEADER_LINE.match(head):
+            self._header_line(top, head, long_line)
+            return
+        # The end of this part's headers: a blank line is theirs; any other line is content.
+        blank = head == b"" and not long_line
+        top.in_headers = False
+        value = b"".join(top.content_type_lines).decode("ascii", "surrogateescape")
+        content_start = self._line_start if blank else start
+        self._typed(top, value, content_start)
+        if not blank and not self.problem:
+            self._handle(start, head, tail_blank, long_line)
+
+    def _end_above(self, i: int, end: int, line: int) -> None:
+        """Every entity above the i-th ends at `end` (a boundary line starting at `line`, or
+        -1 at the end of the body); one still in its headers is an empty leaf, as the email
+        package makes it, except between two boundary lines in a row (it makes none)."""
+        for entity in self._stack[i + 1 :]:
+            if (
+                entity.in_headers
+                and self._keep
+                and not (entity.part and entity.header_start == line)
+            ):
+                value = b"".join(entity.content_type_lines).decode("ascii", "surrogateescape")
+                ctype, _ = _content_type(value.strip(), entity.default_type)
+                if (
+                    not ctype.startswith(("multipart/", "message/"))
+                    or ctype == "message/delivery-status"
+                ):
+                    self.leaves.append(Leaf(ctype, entity.header_start, end, end))
+            elif entity.leaf is not None and entity.leaf.end < 0:
+                entity.leaf.end = max(end, entity.leaf.content_start)
+        del self._stack[i + 1 :]
+
+    def _header_line(self, entity: _Entity, head: bytes, long_line: bool) -> None:
+        if head[:1] in (b" ", b"\t"):
+            if entity.capturing:
+                self._capture(entity, head, long_line)
+            return
+        entity.capturing = False
+        if head[:13].lower() == b"content-type:" and not entity.content_type_lines:
+            entity.capturing = True
+            self._capture(entity, head[13:], long_line)
+
+    def _capture(self, entity: _Entity, text: bytes, long_line: bool) -> None:
+        size = sum(len(x) for x in entity.content_type_lines) + len(text)
+        if long_line or size > MAX_CONTENT_TYPE:
+            self.problem = (
+                f"a Content-Type header over {MAX_CONTENT_TYPE:,} characters: "
+                "send a plain MIME structure"
+            )
+            return
+        entity.content_type_lines.append(text.rstrip(b"\r\n") + b" ")
+
+    # ---- the structure -------------------------------------------------------------------------
+
+    def _typed(self, entity: _Entity, value: str, content_start: int) -> None:
+        """The entity's headers are read: it is a multipart, a message/* or a leaf."""
+        ctype, boundary = _content_type(value.strip(), entity.default_type)
+        if ctype.startswith("multipart/") and boundary:
+            raw = boundary.encode("ascii", "surrogateescape")
+            if len(raw) > MAX_BOUNDARY:
+                self.problem = (
+                    f"a MIME boundary over {MAX_BOUNDARY} characters (RFC 2046 allows 70)"
+                )
+                return
+            entity.kind, entity.boundary = "multipart", raw
+            entity.digest = ctype == "multipart/digest"
+            self._deeper()
+        elif ctype.startswith("message/") and ctype != "message/delivery-status":
+            entity.kind = "message"
+            self._deeper()
+            if not self.problem:
+                self._stack.append(_Entity(header_start=content_start))
+        else:
+            entity.kind = "leaf"
+            entity.leaf = Leaf(ctype, entity.header_start, content_start, top=entity is self._root)
+            if self._keep:
+                self.leaves.append(entity.leaf)
+
+    def _deeper(self) -> None:
+        depth = sum(1 for e in self._stack if e.kind in ("multipart", "message"))
+        self.depth = max(self.depth, depth)
+        if depth > MAX_MIME_DEPTH:
+            self.problem = (
+                f"MIME parts nested more than {MAX_MIME_DEPTH} deep: "
+                "send the content with a plain MIME structure"
+            )
+
+
+def mime_problem(headers: list[tuple[str, str]], body: bytes) -> str:
+    """Why a message with these headers and this body cannot be taken (MIME nested over
+    MAX_MIME_DEPTH, an oversized Content-Type or boundary), or "" when its structure is fine.
+    Linear in the body's size; never raises RecursionError."""
+    scanner = MimeScanner(headers)
+    scanner.feed(body)
+    scanner.close()
+    return scanner.problem
