@@ -324,6 +324,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return EX_OK if outcome.done else EX_FOUND
 
 
+def _readiness(cfg: Any) -> Any:
+    """What the stored DMARC reports say per domain, for dns-check's next-step advice."""
+    from postwarden.reports.summary import readiness
+
+    if not Path(cfg.daemon.store.database).exists():
+        return None
+    return readiness(_db(cfg), cfg, datetime.now(UTC))
+
+
 def cmd_dns_check(args: argparse.Namespace) -> int:
     from postwarden import dnsdoctor
 
@@ -342,7 +351,7 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    report = dnsdoctor.run(cfg, domains or None, progress=progress)
+    report = dnsdoctor.run(cfg, domains or None, progress=progress, readiness=_readiness(cfg))
     if report.unreachable:
         servers = ", ".join(cfg.daemon.dns.nameservers) or "the system resolver"
         print(

@@ -88,7 +88,8 @@ def unzip(data: bytes, budget: Budget, depth: int) -> list[Document]:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise Refused(f"broken zip archive: {exc}") from None
-    members = [i for i in archive.infolist() if not i.is_dir()]
+    # ZipInfo.is_dir() fails on a member with an empty name, which some receivers send.
+    members = [i for i in archive.infolist() if not i.filename.endswith("/")]
     if len(members) > MAX_MEMBERS:
         raise Refused(f"zip archive with {len(members)} members (at most {MAX_MEMBERS})")
     docs: list[Document] = []
