@@ -320,9 +320,8 @@ def summarise(
         own_fail = groups["this_server"]["dkim_fail"]
         if own_fail:
             alerts.append(
-                f"{own_fail} message(s) from this server failed DKIM: something breaks"
-                " signatures on the way (a relay, a footer, a re-encoding); find it before"
-                " a stricter p= drops them"
+                f"{own_fail} message(s) from this server failed DKIM: something on the way"
+                " breaks signatures (a relay, a footer, a re-encoding)"
             )
         own: dict[str, Any] = {"reported": groups["this_server"]["messages"], "signed": None}
         lo, hi = e["range"]
