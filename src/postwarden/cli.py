@@ -331,6 +331,15 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return EX_OK if outcome.done else EX_FOUND
 
 
+def _readiness(cfg: Any) -> Any:
+    """What the stored DMARC reports say per domain, for dns-check's next-step advice."""
+    from postwarden.reports.summary import readiness
+
+    if not Path(cfg.daemon.store.database).exists():
+        return None
+    return readiness(_db(cfg), cfg, datetime.now(UTC))
+
+
 def cmd_dns_check(args: argparse.Namespace) -> int:
     from postwarden import dnsdoctor
 
@@ -349,7 +358,7 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    report = dnsdoctor.run(cfg, domains or None, progress=progress)
+    report = dnsdoctor.run(cfg, domains or None, progress=progress, readiness=_readiness(cfg))
     if report.unreachable:
         servers = ", ".join(cfg.daemon.dns.nameservers) or "the system resolver"
         print(
@@ -359,6 +368,65 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
     dnsdoctor.record(_db(cfg), report)
     print(report.as_json() if args.json else report.as_text())
     return EX_FOUND if report.failed else EX_OK
+
+
+# ---- reports (reports.md) ---------------------------------------------------------------------
+
+
+def cmd_reports(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    cfg = _load(args)
+    if getattr(args, "reports_command", None) == "ingest":
+        return _reports_ingest(cfg, args)
+    from postwarden.reports.summary import as_text, summarise
+
+    try:
+        parse_since(args.since, datetime.now(UTC))
+    except argparse.ArgumentTypeError as exc:
+        print(f"postwarden reports: {exc}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        summary = summarise(_db(cfg), cfg, datetime.now(UTC), since=args.since, domain=args.domain)
+    except sqlite3.OperationalError as exc:
+        print(f"postwarden reports: the database: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else as_text(summary))
+    return EX_OK
+
+
+def _reports_ingest(cfg: Any, args: argparse.Namespace) -> int:
+    """Exit 0 when every input was stored or refused with a reason; 75 (retry later) when the
+    database could not be written; 2 when a named file cannot be read."""
+    import sqlite3
+
+    from postwarden.reports.ingest import ingest
+    from postwarden.reports.unpack import MAX_INPUT
+
+    inputs: list[tuple[str, bytes]] = []
+    try:
+        if not args.files:
+            inputs.append(("stdin", sys.stdin.buffer.read(MAX_INPUT + 1)))
+        for name in args.files:
+            with open(name, "rb") as fh:
+                inputs.append((name, fh.read(MAX_INPUT + 1)))
+    except OSError as exc:
+        print(
+            f"postwarden reports ingest: {exc.filename or 'stdin'}: {exc.strerror}", file=sys.stderr
+        )
+        return EX_USAGE
+    try:
+        db = _db(cfg)
+        for source, data in inputs:
+            for outcome in ingest(
+                db, data, source=source, retention_days=cfg.daemon.store.retention_days
+            ):
+                line = f"{source}: {outcome.line()}"
+                print(line, file=sys.stderr if outcome.status == "refused" else sys.stdout)
+    except sqlite3.OperationalError as exc:
+        print(f"postwarden reports ingest: the database: {exc}; retry later", file=sys.stderr)
+        return EX_TEMPFAIL
+    return EX_OK
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -573,18 +641,66 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--note", metavar="TEXT", help="why (kept in the audit log)")
         m.set_defaults(fn=cmd_quarantine)
 
+    # ---- reports (reports.md) ----
+    s = sub.add_parser(
+        "reports",
+        help="DMARC aggregate and TLS reports: pass rates, sources, the next DMARC step",
+        description="Per domain, from the DMARC aggregate reports whose date range overlaps "
+        "--since: messages reported, the share passing DMARC, SPF- and DKIM-aligned, the "
+        "receivers' dispositions, the reporting organisations and report ids, a daily history; "
+        "each source IP with its reverse name (asked at [dns].nameservers, cached a week, at "
+        "most 8 seconds in all, left out when DNS does not answer) in one of three groups: this "
+        "server ([server].addresses; any DKIM failure there is an alert), authorised elsewhere "
+        "(aligned SPF or DKIM from another address), failing (neither aligns). Beside this "
+        "server's count: how many messages postwarden signed for the domain over the reports' "
+        "range. Then the next DMARC step, with the record to publish: move from none to "
+        "quarantine to reject when reports cover [reports].ready_days distinct UTC days of the "
+        "last ready_days + 1, at least ready_share of the mail passed DMARC and none of this "
+        "server's failed DKIM. TLS reports: per policy domain, sessions and failures by type. "
+        "`reports ingest` stores them.",
+    )
+    s.add_argument("--domain", metavar="D", help="only this policy domain")
+    s.add_argument(
+        "--since",
+        metavar="WHEN",
+        default="30d",
+        help="30d (the default), 12h, or an ISO time: reports whose range overlaps count",
+    )
+    s.add_argument("--json", action="store_true", help="one JSON document")
+    s.set_defaults(fn=cmd_reports)
+    rsub = s.add_subparsers(
+        dest="reports_command", required=False, metavar="ACTION", parser_class=_Parser
+    )
+    m = rsub.add_parser(
+        "ingest",
+        help="store DMARC aggregate and TLS reports (files, or an email on stdin)",
+        description="Store DMARC aggregate reports (RFC 7489, the older draft, DMARCbis) and "
+        "SMTP TLS reports (RFC 8460) from each FILE, or from standard input when none is named "
+        "(the pipe service for the rua= address): a report email with the report attached "
+        "(.zip, .gz, .xml, .json) or inline, or a bare .xml, .xml.gz, .zip, .json or .json.gz. "
+        "XML is read without entities (defusedxml); archives are bounded (32 MiB decompressed, "
+        "4 levels deep); a report never names a file to read or write. Each report is stored "
+        "once per organisation and report id, the raw report kept gzipped; what cannot be read "
+        "is stored as refused, with the reason on standard error. Reports received more than "
+        "[store].retention_days days ago are pruned. Exit 0 stored or refused with a reason, 75 retry "
+        "later (the database is locked or unwritable), 2 a named file cannot be read.",
+    )
+    m.add_argument("files", nargs="*", metavar="FILE")
+    m.set_defaults(fn=cmd_reports)
+
     s = sub.add_parser(
         "tui",
         help="the admin terminal UI",
         description="The admin terminal UI over the same database and Postfix as these commands: "
         "decisions (live), the quarantine (view, release, delete), senders (unlock), domains "
-        "(keys, DNS health, run a check) and policy (edit, validate, save, reload). Keys: 1-5 "
+        "(keys, DNS health, run a check), policy (edit, validate, save, reload) and reports (DMARC "
+        "pass share per domain, a daily chart, the sources, the next step). Keys: 1-6 "
         "switch screens, ctrl+p opens the command palette, ctrl+q quits; each screen's keys "
         "are in its footer. Esc never confirms anything.",
     )
     s.add_argument(
         "--screen",
-        choices=["decisions", "quarantine", "senders", "domains", "policy"],
+        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports"],
         default="decisions",
         help="the screen to open on (default decisions)",
     )

@@ -60,7 +60,6 @@ NOT_BUILT = {
     'domains."example.com".streams',
     "headers.repair",
     "feedback",
-    "reports",
     "streams",
     "warmup",
     "providers",

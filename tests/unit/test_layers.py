@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "senders": 2,
     "quarantine": 2,
     "dnsdoctor": 2,
+    "reports": 2,
     "audit": 2,
     "control": 2,
     "keytools": 2,

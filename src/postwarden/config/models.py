@@ -259,6 +259,17 @@ class RateSection(Strict):
     notify: list[Address] = []
 
 
+# ---- [reports] (reports.md) ---------------------------------------------------------------------
+
+
+class ReportsSection(Strict):
+    ready_share: float = Field(default=0.98, gt=0, le=1)
+    ready_days: int = Field(default=14, gt=0, le=366)
+
+
+# ---- merged policy ---------------------------------------------------------------------------
+
+
 class PolicyFile(Strict):
     """One policy file; also the merged policy of all of them."""
 
@@ -269,9 +280,10 @@ class PolicyFile(Strict):
     headers: HeadersSection | None = None
     bulk: BulkSection | None = None
     rate: RateSection | None = None
+    reports: ReportsSection | None = None
 
 
-SINGLETON_SECTIONS = ("defaults", "local", "headers", "bulk", "rate")
+SINGLETON_SECTIONS = ("defaults", "local", "headers", "bulk", "rate", "reports")
 
 
 class Policy(Strict):
@@ -285,6 +297,7 @@ class Policy(Strict):
     headers: HeadersSection = HeadersSection()
     bulk: BulkSection = BulkSection()
     rate: RateSection = RateSection()
+    reports: ReportsSection = ReportsSection()
     outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
     hash: str = ""
 

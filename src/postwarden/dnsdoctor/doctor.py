@@ -19,6 +19,7 @@ from postwarden.config.keys import LoadedKey
 from postwarden.dnsdoctor.lookup import Answer, Lookup, make_resolver
 from postwarden.dnsdoctor.spfrecord import MAX_TERMS, MAX_VOID, count_lookups, parse, spf_records
 from postwarden.keytools import txt_record
+from postwarden.reports.advice import Readiness, advise
 from postwarden.store import records
 
 WORKERS = 64  # domains checked at once
@@ -309,7 +310,7 @@ def check_dkim(lookup: Lookup, domain: str, keys: list[LoadedKey]) -> list[Findi
 # ---- DMARC, MX ----------------------------------------------------------------------------------
 
 
-def check_dmarc(lookup: Lookup, domain: str) -> list[Finding]:
+def check_dmarc(lookup: Lookup, domain: str, readiness: Readiness | None = None) -> list[Finding]:
     org = _PSL.privatesuffix(domain) or domain
     names = [f"_dmarc.{domain}"] + ([f"_dmarc.{org}"] if org != domain else [])
     fix = f'_dmarc.{org}. IN TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc-reports@{org}"'
@@ -348,15 +349,19 @@ def check_dmarc(lookup: Lookup, domain: str) -> list[Finding]:
                 f"p={p}" + (f", sp={sp}" if sp else f", sp={p} (inherits p)") + where,
             )
         ]
+        # The next step and its record: the same advice `postwarden reports` gives.
+        advice = advise(domain, name, records[0], readiness, org)
         if p == "none":
             out.append(
                 Finding(
                     "dmarc",
                     "warn",
-                    "p=none: monitoring only, nothing is refused",
-                    "move to p=quarantine once reports are clean",
+                    "p=none: monitoring only, nothing is refused; " + advice.message,
+                    advice.record,
                 )
             )
+        elif p == "quarantine" and advice.step == "reject":
+            out.append(Finding("dmarc", "warn", advice.message, advice.record))
         if "rua" not in tags:
             out.append(
                 Finding(
@@ -435,11 +440,13 @@ def check_server(lookup: Lookup, config: Config) -> list[Finding]:
 # ---- run ---------------------------------------------------------------------------------------
 
 
-def check_domain(lookup: Lookup, domain: str, config: Config) -> list[Finding]:
+def check_domain(
+    lookup: Lookup, domain: str, config: Config, readiness: Readiness | None = None
+) -> list[Finding]:
     return [
         *check_spf(lookup, domain, config),
         *check_dkim(lookup, domain, config.keys.get(domain, [])),
-        *check_dmarc(lookup, domain),
+        *check_dmarc(lookup, domain, readiness),
         *check_mx(lookup, domain, config.daemon.server.hostname),
     ]
 
@@ -449,7 +456,10 @@ def run(
     domains: list[str] | None = None,
     now: datetime | None = None,
     progress: Any = None,
+    readiness: dict[str, Readiness] | None = None,
 ) -> Report:
+    """`readiness`: what the stored DMARC reports say per domain (reports.summary.readiness),
+    for the same next-step advice `postwarden reports` gives."""
     resolver = make_resolver(config.daemon.dns.nameservers, config.daemon.dns.timeout)
     # pyspf asks dnspython's default resolver: point it at the same servers.
     dns.resolver.default_resolver = resolver
@@ -457,7 +467,10 @@ def run(
     names = domains or sorted(config.policy.domains)
     report = Report(checked_at=(now or datetime.now(UTC)).isoformat())
     with ThreadPoolExecutor(WORKERS) as pool:
-        futures = {name: pool.submit(check_domain, lookup, name, config) for name in names}
+        futures = {
+            name: pool.submit(check_domain, lookup, name, config, (readiness or {}).get(name))
+            for name in names
+        }
         server = pool.submit(check_server, lookup, config)
         for i, name in enumerate(names, 1):
             report.domains[name] = futures[name].result()

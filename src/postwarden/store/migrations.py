@@ -129,6 +129,49 @@ def _m008_writer_health(db: sqlite_utils.Database) -> None:
     db.table("daemon").add_column("rows_failed", int, not_null_default=0)
 
 
+# ---- reports (reports.md): DMARC aggregate and TLS reports -------------------------------------
+
+
+def _m009_reports(db: sqlite_utils.Database) -> None:
+    # One row per report, once per (kind, organisation, report id); the raw report gzipped.
+    db.execute(
+        "CREATE TABLE reports (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, org TEXT NOT NULL,"
+        " report_id TEXT NOT NULL, org_name TEXT NOT NULL, email TEXT NOT NULL DEFAULT '',"
+        " domain TEXT NOT NULL, begin INTEGER NOT NULL, end INTEGER NOT NULL,"
+        " policy TEXT NOT NULL DEFAULT '{}', received_at TEXT NOT NULL, source TEXT NOT NULL"
+        " DEFAULT '', sha256 TEXT NOT NULL, raw_size INTEGER NOT NULL, raw BLOB NOT NULL,"
+        " UNIQUE (kind, org, report_id))"
+    )
+    db.execute("CREATE INDEX idx_reports_domain_end ON reports (domain, end)")
+    db.execute("CREATE INDEX idx_reports_end ON reports (end)")
+    db.execute("CREATE INDEX idx_reports_received ON reports (received_at)")
+    # A DMARC report's rows: one source IP and its results each.
+    db.execute(
+        "CREATE TABLE report_rows (id INTEGER PRIMARY KEY, report INTEGER NOT NULL,"
+        " source_ip TEXT NOT NULL, count INTEGER NOT NULL, disposition TEXT NOT NULL,"
+        " dkim TEXT NOT NULL, spf TEXT NOT NULL, header_from TEXT NOT NULL,"
+        " envelope_from TEXT NOT NULL, dkim_auth TEXT NOT NULL, spf_auth TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_report_rows_report ON report_rows (report)")
+    # A TLS report's policies: sessions per policy domain, failures by result type.
+    db.execute(
+        "CREATE TABLE report_tls (id INTEGER PRIMARY KEY, report INTEGER NOT NULL,"
+        " policy_type TEXT NOT NULL, policy_domain TEXT NOT NULL, successful INTEGER NOT NULL,"
+        " failed INTEGER NOT NULL, failures TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_report_tls_report ON report_tls (report)")
+    # What could not be read, with why (never the content).
+    db.execute(
+        "CREATE TABLE report_refused (id INTEGER PRIMARY KEY, received_at TEXT NOT NULL,"
+        " source TEXT NOT NULL, reason TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_report_refused_received ON report_refused (received_at)")
+    # Reverse names of reported source IPs, cached ("" = no name).
+    db.execute(
+        "CREATE TABLE report_ptr (ip TEXT PRIMARY KEY, name TEXT NOT NULL, looked_up_at REAL NOT NULL)"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_decisions", _m001_decisions),
     ("002_audit", _m002_audit),
@@ -138,6 +181,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("006_rate_running_totals", _m006_rate_running_totals),
     ("007_decision_headers", _m007_decision_headers),
     ("008_writer_health", _m008_writer_health),
+    ("009_reports", _m009_reports),  # reports.md
 ]
 
 

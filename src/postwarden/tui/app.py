@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from postwarden.tui.backend import Backend
+from postwarden.tui.reports_screen import ReportsScreen
 from postwarden.tui.screens import (
     SCREENS,
     DecisionsScreen,
@@ -62,6 +63,7 @@ class PostwardenApp(App[None]):
         "senders": SendersScreen,
         "domains": DomainsScreen,
         "policy": PolicyScreen,
+        "reports": ReportsScreen,
     }
     BINDINGS = [
         Binding("1", "switch_mode('decisions')", "Decisions", show=False),
@@ -69,6 +71,7 @@ class PostwardenApp(App[None]):
         Binding("3", "switch_mode('senders')", "Senders", show=False),
         Binding("4", "switch_mode('domains')", "Domains", show=False),
         Binding("5", "switch_mode('policy')", "Policy", show=False),
+        Binding("6", "switch_mode('reports')", "Reports", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -84,7 +87,7 @@ class PostwardenApp(App[None]):
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for i, (mode, label) in enumerate(SCREENS, 1):
+        for i, (mode, label) in enumerate([*SCREENS, ("reports", "Reports")], 1):
             yield SystemCommand(
                 f"Go to {label}",
                 f"the {label} screen (key {i})",
