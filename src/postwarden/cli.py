@@ -94,6 +94,8 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         for suffix in ("", "-wal", "-shm"):
             side = db_path.with_name(db_path.name + suffix)
             if side.exists():
+                # It holds the notice HMAC key: the service user's alone.
+                side.chmod(0o600)
                 owner.give(side, service)
     print(
         f"{cfg.daemon.store.database}: "
