@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
-APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux
+APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui clean
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui clean deb
 
 install: deps-apt venv
 
@@ -62,5 +62,11 @@ bench-dns: install
 bench-tui: install
 	$(BIN)/python bench/tui.py
 
+# ---- deploy: the Debian package (deploy/debian/) ----
+# dist/postwarden_<version>_<arch>.deb: the venv under /opt/postwarden built here from wheels,
+# so the mail server needs no compiler. Install with `dpkg -i` (README: Installing on a mail server).
+deb: install
+	bash deploy/debian/build.sh
+
 clean: demo-stop
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,7 @@ def write_config(
             outbound = {outbound}
             on_error = "{on_error}"
             pidfile = "postwarden.pid"
+            user = "root"
             [log]
             to = "stderr"
             [store]

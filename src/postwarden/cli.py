@@ -50,6 +50,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for w in cfg.warnings:
         print(w)
+    # Run as root: can the service user read what the daemon reads?
+    from postwarden import owner
+
+    user = cfg.daemon.milter.user
+    needed = [str(path), *(k.file for keys in cfg.keys.values() for k in keys)]
+    needed += [str(f) for f in sorted(Path(cfg.daemon.policies).glob("*.toml"))]
+    denied = owner.unreadable_as(user, needed)
+    if denied:
+        for file, why in denied:
+            print(f"{file}: the service user {user} cannot read it: {why}" if file else why)
+        print(f"{len(denied)} problem(s) found")
+        return EX_CONFIG
     n_keys = sum(len(k) for k in cfg.keys.values())
     files = sorted(Path(cfg.daemon.policies).glob("*.toml"))
     print(
@@ -70,10 +82,23 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from postwarden import owner
     from postwarden.store import migrate, open_db
 
     cfg = _load(args)
-    applied = migrate(open_db(cfg.daemon.store.database))
+    # Run as root, a new database (and its folder) is the service user's, not root's.
+    service = owner.service_owner(cfg.daemon.milter.user)
+    db_path = Path(cfg.daemon.store.database)
+    owner.make_dirs(db_path.parent, service, 0o700)
+    fresh = not db_path.exists()
+    applied = migrate(open_db(db_path))
+    if fresh:
+        for suffix in ("", "-wal", "-shm"):
+            side = db_path.with_name(db_path.name + suffix)
+            if side.exists():
+                # It holds the notice HMAC key: the service user's alone.
+                side.chmod(0o600)
+                owner.give(side, service)
     print(
         f"{cfg.daemon.store.database}: "
         + (f"applied {', '.join(applied)}" if applied else "up to date")
@@ -166,8 +191,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if args.algorithm == "ed25519" and args.bits is not None:
         print("postwarden keygen: --bits applies to RSA keys only", file=sys.stderr)
         return EX_USAGE
+    from postwarden import owner
+
+    # Run as root, the key and its folders go to the service user ([milter].user).
+    service = owner.service_owner(owner.user_name(config_path(args.config)))
     try:
-        key = keytools.generate(args.domain, args.selector, args.algorithm, bits, Path(args.dir))
+        key = keytools.generate(
+            args.domain, args.selector, args.algorithm, bits, Path(args.dir), service
+        )
     except keytools.KeyToolError as exc:
         print(f"postwarden keygen: {exc}", file=sys.stderr)
         return EX_FOUND
@@ -184,8 +215,14 @@ def cmd_import_opendkim(args: argparse.Namespace) -> int:
     from postwarden import keytools
 
     try:
+        from postwarden import owner
+
         imported = keytools.import_opendkim(Path(args.conf))
-        keytools.write_policy(imported.toml(args.conf), Path(args.output) if args.output else None)
+        keytools.write_policy(
+            imported.toml(args.conf),
+            Path(args.output) if args.output else None,
+            owner.service_owner(owner.user_name(config_path(args.config))),
+        )
     except keytools.KeyToolError as exc:
         print(f"postwarden import-opendkim: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -720,6 +757,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the demo keeps its config, queue and sink (default /var/tmp/postwarden-demo)",
     )
     s.set_defaults(fn=cmd_demo)
+
+    # ---- deploy: setup-postfix (src/postwarden/setup_postfix.py) ----
+    from postwarden import setup_postfix
+
+    setup_postfix.register(sub)
     return p
 
 

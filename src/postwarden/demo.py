@@ -36,6 +36,8 @@ timeout = 30
 on_error = "tempfail"
 outbound = ["sasl", "local"]
 pidfile = "postwarden.pid"
+# The demo runs as root: the owner of what its commands create, and who reads its keys.
+user = "root"
 
 [log]
 to = "stderr"

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from postwarden.config.keys import MIN_RSA_BITS, LoadedKey, load_key
 from postwarden.config.models import is_domain
+from postwarden.owner import Owner, give, make_dirs
 
 DEFAULT_KEY_DIR = "/etc/postwarden/keys"
 SELECTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -30,8 +31,17 @@ class KeyToolError(Exception):
 # ---- keygen ------------------------------------------------------------------------------------
 
 
-def generate(domain: str, selector: str, algorithm: str, bits: int, directory: Path) -> LoadedKey:
-    """Write a new private key, mode 0600, to DIRECTORY/DOMAIN/SELECTOR.key; never overwrite."""
+def generate(
+    domain: str,
+    selector: str,
+    algorithm: str,
+    bits: int,
+    directory: Path,
+    owner: Owner | None = None,
+) -> LoadedKey:
+    """Write a new private key, mode 0600, to DIRECTORY/DOMAIN/SELECTOR.key; never overwrite.
+    With an owner (keygen run as root), the key and the folders made for it are the owner's,
+    and so is the domain's folder, so that the daemon can reach the key."""
     domain = domain.lower().rstrip(".")
     if not is_domain(domain):
         raise KeyToolError(f'"{domain}" is not a domain name')
@@ -50,8 +60,11 @@ def generate(domain: str, selector: str, algorithm: str, bits: int, directory: P
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    make_dirs(path.parent, owner)
+    give(path.parent, owner)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if owner is not None:
+        os.fchown(fd, owner.uid, owner.gid)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return load_key(domain, selector, str(path), active=False)
@@ -219,10 +232,18 @@ def import_opendkim(conf_path: Path) -> Imported:
     return result
 
 
-def write_policy(text: str, output: Path | None) -> None:
+def write_policy(text: str, output: Path | None, owner: Owner | None = None) -> None:
+    """The policy file, mode 0640, the owner's when given (run as root)."""
     if output is None:
         sys.stdout.write(text)
         return
-    if output.exists():
-        raise KeyToolError(f"{output} exists: choose another file name")
-    output.write_text(text)
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        raise KeyToolError(f"{output} exists: choose another file name") from None
+    except OSError as exc:
+        raise KeyToolError(f"{output}: {exc.strerror}") from None
+    if owner is not None:
+        os.fchown(fd, owner.uid, owner.gid)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)

@@ -162,6 +162,8 @@ class MilterSection(Strict):
     outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
     # Added to the spec: where the daemon records its pid, for `postwarden reload`.
     pidfile: str = "/run/postwarden/postwarden.pid"
+    # Added to the spec (deploy): the service user, owner of what root's commands create.
+    user: str = Field(default="postwarden", pattern=r"^[a-z_][a-z0-9_-]*[$]?$")
 
 
 class LogSection(Strict):

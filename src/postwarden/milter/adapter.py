@@ -21,6 +21,7 @@ import Milter
 
 from postwarden.config import Config
 from postwarden.milter import effects
+from postwarden.milter.notify import NOTICE_DAEMON_NAME
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict
 from postwarden.policy.html import may_hold_html
@@ -248,7 +249,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             mime_problem=mime_problem,
             # Asked once, at end-of-message: a notice's token is taken when it is seen.
             system_notice=final
-            and local
+            and (local or self._notice_service())
             and self.runtime.is_notice(self.headers, self.mail_from, self.rcpts),
             queue_id=queue_id,
             hostname=self.conn.get("hostname", ""),
@@ -265,6 +266,12 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             headers=tuple(self.headers),
             size=self.size,
         )
+
+    def _notice_service(self) -> bool:
+        """The loopback smtpd service lock notices are submitted to (setup-postfix adds it)."""
+        return self.conn.get("daemon_name") == NOTICE_DAEMON_NAME and self.conn.get(
+            "client_addr", ""
+        ) in ("127.0.0.1", "::1")
 
     def _error_verdict(
         self,

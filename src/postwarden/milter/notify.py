@@ -1,18 +1,32 @@
-"""Lock alerts: mailed to [rate].notify with sendmail(1), from a thread of their own.
+"""Lock alerts: mailed to [rate].notify from a thread of their own.
+
+They are submitted by SMTP to Postfix's notice service on loopback, the master.cf entry
+`postwarden setup-postfix` adds (marked `-o syslog_name=postfix/postwarden-notice`): the shipped
+systemd unit's sandbox (NoNewPrivileges, a read-only /var/spool/postfix/maildrop) stops
+sendmail(1), whose postdrop needs setgid postdrop and a writable maildrop. Without such a
+service (a Postfix set up by hand), sendmail(1) is used; a postdrop that hangs is killed with
+its whole process group after SUBMIT_TIMEOUT seconds.
 
 The notice passes through Postfix and so through postwarden again. It carries an
 X-Postwarden-Notice header: its issue time and an HMAC, under a key kept in the database, of
 its Message-ID, that time, its From and its recipients. The milter takes it for its own (never
-counted, never held by a lock, its own included) only when it comes by sendmail(1) with the
-null sender, within ten minutes of issue, and for the first time (NoticeGuard).
+counted, never held by a lock, its own included) only when it comes by one of the two paths
+notices take (sendmail(1), or the notice service from a loopback client, which names itself
+with {daemon_name} = NOTICE_DAEMON_NAME) with the null sender, within ten minutes of issue, and
+for the first time (NoticeGuard). Whoever can reach the notice service still cannot forge one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import queue
+import re
+import signal
+import smtplib
 import subprocess
 import threading
 import time
@@ -24,6 +38,75 @@ log = logging.getLogger("postwarden")
 
 NOTICE_HEADER = "X-Postwarden-Notice"
 NOTICE_TTL_S = 600  # a notice older than this is not one (pickup retries within a minute)
+NOTICE_SERVICE_TAG = "syslog_name=postfix/postwarden-notice"
+# The {daemon_name} the notice service gives the milter (master.cf -o milter_macro_daemon_name).
+NOTICE_DAEMON_NAME = "POSTWARDEN-NOTICE"
+SUBMIT_TIMEOUT = 60
+
+
+class NoticeNotSent(Exception):
+    pass
+
+
+def notice_service(postfix_dir: str) -> tuple[str, int] | None:
+    """(host, port) of the master.cf smtpd service tagged for notices, or None."""
+    try:
+        res = subprocess.run(
+            ["postconf", "-c", postfix_dir, "-M"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in res.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 8 or fields[1] != "inet" or NOTICE_SERVICE_TAG not in line:
+            continue
+        m = re.fullmatch(r"(?:\[?([0-9.]+|[0-9a-fA-F:]+)\]?:)?([0-9]+)", fields[0])
+        if m:
+            return (m.group(1) or "127.0.0.1"), int(m.group(2))
+    return None
+
+
+def submit_smtp(host: str, port: int, recipients: list[str], message: bytes) -> None:
+    """The null sender: a bounce of the notice must not come back as mail to anyone."""
+    try:
+        with smtplib.SMTP(host, port, local_hostname="localhost", timeout=SUBMIT_TIMEOUT) as s:
+            refused = s.sendmail("<>", recipients, message)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise NoticeNotSent(f"SMTP to {host}:{port}: {exc}") from None
+    if refused:
+        raise NoticeNotSent(f"SMTP to {host}:{port}: refused {refused}")
+
+
+def submit_sendmail(postfix_dir: str, recipients: list[str], message: bytes) -> None:
+    cmd = ["sendmail", "-C", postfix_dir, "-f", "", "-i", "--", *recipients]
+    try:
+        # A session of its own, so a timeout kills postdrop too, not only sendmail.
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise NoticeNotSent(str(exc)) from None
+    try:
+        _, err = proc.communicate(message, timeout=SUBMIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise NoticeNotSent(
+            f"sendmail timed out after {SUBMIT_TIMEOUT} seconds (killed with its children)"
+        ) from None
+    if proc.returncode != 0:
+        raise NoticeNotSent(
+            f"sendmail exit {proc.returncode}: {err.decode(errors='replace').strip()}"
+        )
 
 
 def _mac(secret: str, message_id: str, issued: int, rcpts: list[str], from_: str) -> str:
@@ -145,25 +228,15 @@ class Notifier:
     def _run(self) -> None:
         while True:
             event = self._queue.get()
-            # The null sender: a bounce of the notice must not come back as mail to anyone.
-            cmd = ["sendmail", "-C", self.postfix_dir, "-f", "", "-i", "--", *self.recipients]
+            service = notice_service(self.postfix_dir)
             try:
-                res = subprocess.run(
-                    cmd, input=self.message(event), capture_output=True, timeout=60, check=False
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
+                if service:
+                    submit_smtp(*service, self.recipients, self.message(event))
+                else:
+                    submit_sendmail(self.postfix_dir, self.recipients, self.message(event))
+            except NoticeNotSent as exc:
                 log.error(
                     "%s: lock notice for %s not sent: %s", event.queue_id, event.identity, exc
-                )
-                self.failed += 1
-                continue
-            if res.returncode != 0:
-                log.error(
-                    "%s: lock notice for %s not sent: sendmail exit %d: %s",
-                    event.queue_id,
-                    event.identity,
-                    res.returncode,
-                    res.stderr.decode(errors="replace").strip(),
                 )
                 self.failed += 1
                 continue
