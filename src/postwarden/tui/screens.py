@@ -259,7 +259,13 @@ class DecisionsScreen(BaseScreen):
         page_no = len(self.pages)
         state = "live" if self.live else "paused: [ for newer"
         flt = f" · filter: {self.flt}" if str(self.flt) else ""
-        self.set_status(f"page {page_no} · {len(self.rows)} decisions, newest first · {state}{flt}")
+        status = Text(f"page {page_no} · {len(self.rows)} decisions, newest first · {state}{flt}")
+        lost = self.app.backend.lost_rows  # type: ignore[attr-defined]
+        if lost:
+            status.append(
+                f" · {lost} decision rows not recorded (see the daemon's log)", "bold red"
+            )
+        self.set_status(status)
         self.show_detail()
 
     @on(DataTable.RowHighlighted)
