@@ -258,3 +258,24 @@ def test_a_multipart_message_without_html_is_not_kept_nor_scanned_twice(
     assert rc == Milter.ACCEPT
     [r] = rows(rt)
     assert r["signatures"] and r["error"] == ""
+
+
+def test_signing_is_never_done_inside_the_senders_rate_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock convoy of issue 21: the rate transaction is held for SQL only, never for RSA."""
+    rt = _runtime(tmp_path)
+    real = effects.sign
+    held: list[bool] = []
+
+    def watching(*a: object, **k: object) -> object:
+        held.append(rt.rates.write_lock.locked())
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(effects, "sign", watching)
+    ctx = Ctx()
+    ctx.connect()
+    for i in range(3):  # the second and third break the 1/minute cap: held, and still signed
+        send(ctx, f"m{i}", f"Q{i}")
+    assert held == [False, False, False]
+    assert [len(r["signatures"]) for r in rows(rt)] == [1, 1, 1]  # type: ignore[arg-type]

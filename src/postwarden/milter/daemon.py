@@ -93,13 +93,16 @@ class Daemon:
         # signals; run() unblocks them in the main thread alone, once its handlers are set.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.config = config
-        self.writer = Writer(config.daemon.store.database, config.daemon.store.retention_days)
+        rates = RateStore(config.daemon.store.database)
+        self.writer = Writer(
+            config.daemon.store.database, config.daemon.store.retention_days, rates.write_lock
+        )
         self.writer.start()  # migrates: the tables and the notice key exist from here on
         secret = daemon_state.notice_secret(open_db(config.daemon.store.database))
         self.runtime = Runtime(
             config=config,
             writer=self.writer,
-            rates=RateStore(config.daemon.store.database),
+            rates=rates,
             notifier=Notifier(
                 config.daemon.postfix.config_directory,
                 config.policy.rate.notify,

@@ -103,6 +103,12 @@ class RateStore:
         # keeps other processes exact.
         self._tx_lock = threading.Lock()
 
+    @property
+    def write_lock(self) -> threading.Lock:
+        """The lock around every write transaction of this process on the database: the
+        decision writer takes it for its batches too, so the two hand over without sleeping."""
+        return self._tx_lock
+
     def _open(self) -> sqlite3.Connection:
         # isolation_level=None: the transaction is ours to begin (IMMEDIATE) and end.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
