@@ -244,10 +244,10 @@ class DecisionsScreen(BaseScreen):
     COLUMNS: list[Col] = [
         ("time (UTC)", 14, 14),
         ("action", 10, 10),
-        ("identity", 14, 30),
-        ("reasons", 12, 30),
+        ("identity", 24, 32),  # sasl:mallory@example.com whole
+        ("reasons", 10, 30),
         ("Subject", 10, None),
-        ("From", 14, 34),
+        ("From", 12, 34),
         ("queue id", 8, 12),
     ]
     BINDINGS = [
@@ -390,10 +390,10 @@ class QuarantineScreen(BaseScreen):
         (" ", 1, 1),
         ("queue id", 8, 12),
         ("age", 6, 6),
-        ("sender", 14, 30),
-        ("reasons", 12, 30),
+        ("sender", 24, 32),
+        ("reasons", 10, 30),
         ("Subject", 10, None),
-        ("From", 14, 34),
+        ("From", 12, 34),
     ]
     BINDINGS = [
         Binding("space", "mark", "Mark"),
