@@ -403,7 +403,8 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
         )
         return EX_TEMPFAIL
     dnsdoctor.record(_db(cfg), report)
-    print(report.as_json() if args.json else report.as_text())
+    # TXT records are whatever a DNS answer held: shown with their control characters escaped.
+    print(report.as_json() if args.json else printable_lines(report.as_text()))
     return EX_FOUND if report.failed else EX_OK
 
 

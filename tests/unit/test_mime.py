@@ -99,28 +99,15 @@ def nested(
 ) -> tuple[list[tuple[str, str]], bytes]:
     """`depth` containers inside one another, a text/html part innermost."""
     if kind == "multipart":
-        head = b""
-        for i in range(1, depth):
-            head += (
-                b"--b%d" % (i - 1)
-                + nl
-                + b'Content-Type: multipart/mixed; boundary="b%d"' % i
-                + nl
-                + nl
-            )
-        body = (
-            head
-            + b"--b%d" % (depth - 1)
-            + nl
-            + b"Content-Type: text/html"
-            + nl
-            + nl
-            + b"<p>x</p>"
-            + nl
+        parts = [
+            b"--b%d" % (i - 1) + nl + b'Content-Type: multipart/mixed; boundary="b%d"' % i + nl + nl
+            for i in range(1, depth)
+        ]
+        parts.append(
+            b"--b%d" % (depth - 1) + nl + b"Content-Type: text/html" + nl + nl + b"<p>x</p>" + nl
         )
-        for i in reversed(range(depth)):
-            body += b"--b%d--" % i + nl
-        return [("Content-Type", 'multipart/mixed; boundary="b0"')], body
+        parts += [b"--b%d--" % i + nl for i in reversed(range(depth))]
+        return [("Content-Type", 'multipart/mixed; boundary="b0"')], b"".join(parts)
     body = b"".join(b"Content-Type: message/rfc822" + nl + nl for _ in range(depth - 1))
     return [
         ("Content-Type", "message/rfc822")
@@ -206,3 +193,10 @@ def test_huge_bodies_are_read_in_linear_time() -> None:
     started = time.perf_counter()
     assert mime_problem(headers, one_line) == ""
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_content_type_of_many_short_continuation_lines_is_linear() -> None:
+    body = b"--b\r\nContent-Type: text/plain;" + b"\r\n a" * 4000 + b"\r\n\r\nx\r\n--b--\r\n"
+    started = time.perf_counter()
+    mime_problem([("Content-Type", 'multipart/mixed; boundary="b"')], body)
+    assert time.perf_counter() - started < 0.5
