@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
 APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui clean
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports clean
 
 install: deps-apt venv
 
@@ -61,6 +61,11 @@ bench-dns: install
 # and the UI's worst stall; writes docs/tui-benchmark.md (about 30 seconds).
 bench-tui: install
 	$(BIN)/python bench/tui.py
+
+# Reports: ingest of 1,000 DMARC aggregate reports, then `postwarden reports` over them, timed;
+# writes its section of docs/benchmarks.md (about a minute).
+bench-reports: install
+	$(BIN)/python bench/reports.py
 
 clean: demo-stop
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

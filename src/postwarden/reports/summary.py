@@ -77,10 +77,8 @@ def day_of(begin: int, end: int) -> str:
 
 
 def _is_server(ip: str, servers: set[str]) -> bool:
-    try:
-        return str(ipaddress.ip_address(ip)) in servers
-    except ValueError:
-        return False
+    # Stored addresses are in ipaddress's normal form (dmarc.parse), as `servers` are.
+    return ip in servers
 
 
 def group_of(ip: str, dkim: str, spf: str, servers: set[str]) -> str:
@@ -440,13 +438,15 @@ def as_text(summary: dict[str, Any]) -> str:
                 f"  {labels[g]}: {grp['messages']} message(s), {grp['dmarc_pass']} pass"
                 + (f", {grp['dkim_fail']} DKIM fail" if g == "this_server" else "")
             )
-            for s in grp["sources"][:20]:
+            shown = grp["sources"][:20]
+            ip_w = max([15, *(len(s["ip"]) for s in shown)])
+            for s in shown:
                 name = (
                     s["name"] if s["name"] else ("(no name)" if s["name"] == "" else "(unresolved)")
                 )
                 lines.append(
-                    f"    {s['ip']:<39} {name[:40]:<40} {s['messages']:>7} msg"
-                    f"  spf {s['spf_aligned']:>6}  dkim {s['dkim_aligned']:>6}"
+                    f"    {s['ip']:<{ip_w}} {name[:36]:<36} {s['messages']:>7} msg"
+                    f"  SPF-aligned {s['spf_aligned']:>6}  DKIM-aligned {s['dkim_aligned']:>6}"
                 )
             if len(grp["sources"]) > 20:
                 lines.append(f"    ... {len(grp['sources']) - 20} more")
