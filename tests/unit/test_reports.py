@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import resource
 import sqlite3
 import subprocess
@@ -692,3 +693,52 @@ def test_summarise_reads_the_config_model(tmp_path: Path) -> None:
 def test_tls_parse_refuses_a_report_without_an_id() -> None:
     with pytest.raises(Refused, match="report-id"):
         tlsrpt.parse(b'{"organization-name": "x", "policies": []}')
+
+
+def test_terminal_escapes_in_a_report_are_not_passed_on() -> None:
+    xml = aggregate_xml(
+        "evil\x1b[2J\x1b]0;pwned\x07.example", "id\x1b[31m", "example.com", 1, 2, [R(SERVER, 1)]
+    )
+    [(_, rep)] = read_reports(xml)  # raw control bytes, which XML never allows
+    assert "\x1b" not in rep.org_name + rep.report_id and "\x07" not in rep.org_name
+    # A C1 control (CSI) is a valid XML character reference, and still not passed on.
+    [(_, rep)] = read_reports(xml.replace(b"\x1b[", b"&#x9b;"))
+    assert "\x9b" not in rep.org_name + rep.report_id
+
+
+def test_an_external_dtd_is_never_fetched(tmp_path: Path) -> None:
+    doc = aggregate_xml("o.example", "dtd", "example.com", 1, 2, [R(SERVER, 1)]).replace(
+        b"<feedback>", b'<!DOCTYPE feedback SYSTEM "file:///etc/passwd">\n<feedback>', 1
+    )
+    db = _db(tmp_path)
+    [outcome] = ingest(db, doc, now=NOW)
+    passwd = Path("/etc/passwd").read_text().splitlines()[0]
+    assert outcome.status in ("stored", "refused")
+    db.conn.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("postwarden.db*"))
+    assert passwd.encode() not in stored and passwd not in outcome.line()
+
+
+def test_rows_without_policy_evaluated_are_judged_from_auth_results() -> None:
+    xml = aggregate_xml(
+        "o.example",
+        "pe",
+        "example.com",
+        1,
+        2,
+        [R(SERVER, 1), R(SPOOFER, 2, dkim="fail", spf="fail")],
+    )
+    xml = re.sub(rb"<policy_evaluated>.*?</policy_evaluated>", b"", xml, flags=re.S)
+    [(_, rep)] = read_reports(xml)
+    assert isinstance(rep, dmarc.Aggregate)
+    assert [(r.dkim, r.spf) for r in rep.rows] == [("pass", "pass"), ("fail", "fail")]
+
+
+def test_a_bomb_in_one_attachment_refuses_the_whole_email() -> None:
+    comp = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join(comp.compress(bytes(1024 * 1024)) for _ in range(64)) + comp.flush()
+    good = aggregate_xml("o.example", "ok", "example.com", 1, 2, [R(SERVER, 1)])
+    msg = as_email(bomb, "a.xml.gz", "application/gzip")
+    with pytest.raises(Refused, match="MiB"):
+        read_reports(msg)
+    assert read_reports(as_email(good, "b.xml", "text/xml"))

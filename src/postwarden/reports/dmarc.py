@@ -14,7 +14,7 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from postwarden.reports.unpack import Refused
+from postwarden.reports.unpack import Refused, printable
 
 MAX_ROWS = 200_000
 MAX_COUNT = 10**9
@@ -84,7 +84,11 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def _clean(text: str) -> str:
+    text = _NOT_XML.sub(" ", text)  # characters XML 1.0 never allows: stray bytes
     text = _DECL.sub("", text)
     text = _SCHEMA.sub("", text)
     start, end = text.find("<"), text.rfind(">")
@@ -158,7 +162,7 @@ def _text(el: Element | None, path: str, default: str = "") -> str:
     found = el.find(path)
     if found is None or found.text is None:
         return default
-    return " ".join(found.text.split())
+    return printable(found.text)
 
 
 def _int(value: str, what: str) -> int:
@@ -201,17 +205,40 @@ def _row(record: Element) -> Row | None:
     ids = record.find("identifiers")
     if ids is None:
         ids = record.find("identities")  # the old draft's name
+    header_from = _text(ids, "header_from").lower().rstrip(".")
+    dkim_auth, spf_auth = _auth(record, "dkim"), _auth(record, "spf")
+    dkim, spf = _result(_text(pe, "dkim")), _result(_text(pe, "spf"))
+    # No policy_evaluated result: a pass in auth_results for a domain aligned (relaxed) with
+    # header_from counts as aligned, as the receiver would have evaluated it.
+    if not dkim:
+        dkim = "pass" if _aligned_pass(dkim_auth, header_from) else "fail"
+    if not spf:
+        spf = "pass" if _aligned_pass(spf_auth, header_from) else "fail"
     return Row(
         source_ip=ip,
         count=count,
         disposition=_result(_text(pe, "disposition", "none")) or "none",
-        dkim=_result(_text(pe, "dkim")),
-        spf=_result(_text(pe, "spf")),
-        header_from=_text(ids, "header_from").lower().rstrip("."),
+        dkim=dkim,
+        spf=spf,
+        header_from=header_from,
         envelope_from=_text(ids, "envelope_from").lower(),
-        dkim_auth=_auth(record, "dkim"),
-        spf_auth=_auth(record, "spf"),
+        dkim_auth=dkim_auth,
+        spf_auth=spf_auth,
     )
+
+
+def _aligned_pass(results: list[dict[str, str]], header_from: str) -> bool:
+    """Relaxed alignment, approximated without the Public Suffix List: the same domain, or
+    one a subdomain of the other."""
+    for r in results:
+        d = r["domain"].rstrip(".")
+        if (
+            r["result"] == "pass"
+            and header_from
+            and (d == header_from or d.endswith("." + header_from) or header_from.endswith("." + d))
+        ):
+            return True
+    return False
 
 
 def parse(data: bytes) -> Aggregate:

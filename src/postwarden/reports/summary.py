@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dns.exception
 import sqlite_utils
 from publicsuffixlist import PublicSuffixList
 
@@ -116,10 +117,13 @@ def reverse_names(
     todo = [ip for ip in ips if ip not in cached]
     if not todo or not resolve:
         return out
-    dns = config.daemon.dns
-    lookup = Lookup(make_resolver(dns.nameservers, min(dns.timeout, PTR_TIMEOUT)))
+    dns_cfg = config.daemon.dns
     found: dict[str, str] = {}
-    first = lookup.ptr(todo[0])  # DNS unreachable: one timeout, not one per address
+    try:
+        lookup = Lookup(make_resolver(dns_cfg.nameservers, min(dns_cfg.timeout, PTR_TIMEOUT)))
+        first = lookup.ptr(todo[0])  # DNS unreachable: one timeout, not one per address
+    except dns.exception.DNSException:
+        return out
     if first.status == "unknown" and lookup.unreachable:
         return out
     found[todo[0]] = first.values[0] if first.values else ""
@@ -128,7 +132,10 @@ def reverse_names(
         futures = {pool.submit(lookup.ptr, ip): ip for ip in todo[1:]}
         done, _ = wait(futures, timeout=budget)
         for fut in done:
-            answer = fut.result()
+            try:
+                answer = fut.result()
+            except dns.exception.DNSException:
+                continue  # not known, not cached
             if answer.status == "unknown":
                 continue
             found[futures[fut]] = answer.values[0] if answer.values else ""
@@ -162,12 +169,15 @@ def published_records(
     config: Config, domains: list[str], budget: float = PTR_BUDGET
 ) -> dict[str, tuple[str, str | None]]:
     """published_record for every domain at once, all within `budget` seconds."""
-    dns = config.daemon.dns
-    lookup = Lookup(make_resolver(dns.nameservers, min(dns.timeout, budget)))
+    dns_cfg = config.daemon.dns
     out: dict[str, tuple[str, str | None]] = {}
     if not domains:
         return out
-    out[domains[0]] = published_record(lookup, domains[0])
+    try:
+        lookup = Lookup(make_resolver(dns_cfg.nameservers, min(dns_cfg.timeout, budget)))
+        out[domains[0]] = published_record(lookup, domains[0])
+    except dns.exception.DNSException:
+        return out
     if out[domains[0]][1] is None and lookup.unreachable:
         return out  # DNS unreachable: one timeout, not one per domain
     domains = domains[1:]
@@ -176,7 +186,10 @@ def published_records(
         futures = {pool.submit(published_record, lookup, d): d for d in domains}
         done, _ = wait(futures, timeout=budget)
         for fut in done:
-            out[futures[fut]] = fut.result()
+            try:
+                out[futures[fut]] = fut.result()
+            except dns.exception.DNSException:
+                continue
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from postwarden.reports.unpack import Refused
+from postwarden.reports.unpack import Refused, printable
 
 MAX_POLICIES = 10_000
 
@@ -70,7 +70,7 @@ def _count(value: Any) -> int:
 
 
 def _str(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
+    return printable(value) if isinstance(value, str) else ""
 
 
 def parse(data: bytes) -> TlsReport:

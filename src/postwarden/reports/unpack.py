@@ -29,6 +29,19 @@ class Refused(Exception):
     """A report that cannot be read, with the reason a person can act on."""
 
 
+class TooLarge(Refused):
+    """Over the decompression budget: the whole input is refused, not just one part."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def printable(text: str) -> str:
+    """A report's text with control characters (terminal escapes among them) made spaces and
+    runs of white space made one: it is printed to terminals and shown in the TUI."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
 @dataclass(frozen=True)
 class Document:
     kind: str  # "xml" | "json"
@@ -45,7 +58,7 @@ class Budget:
     def take(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise Refused(
+            raise TooLarge(
                 f"decompresses to more than {self.limit // (1024 * 1024)} MiB: refused"
                 " (a report is far smaller; this looks like a compression bomb)"
             )
@@ -159,9 +172,9 @@ def from_email(data: bytes, budget: Budget, depth: int) -> list[Document]:
             continue
         try:
             docs += documents(body, budget, depth + 1)
+        except TooLarge:
+            raise
         except Refused as exc:
-            if "bomb" in str(exc):
-                raise
             problems.append(str(exc))
     if not docs:
         raise Refused(problems[0] if problems else "no report in the email")
