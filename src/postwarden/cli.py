@@ -369,9 +369,18 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
 def cmd_reports(args: argparse.Namespace) -> int:
     import sqlite3
 
-    cfg = _load(args)
     if getattr(args, "reports_command", None) == "ingest":
+        # A broken config must not bounce a report back to its sender: Postfix's pipe bounces
+        # on 78 but keeps the mail on 75 until the config is fixed.
+        try:
+            cfg = _load(args)
+        except SystemExit as exc:
+            if exc.code != EX_CONFIG:
+                raise
+            print("postwarden reports ingest: configuration error; retry later", file=sys.stderr)
+            return EX_TEMPFAIL
         return _reports_ingest(cfg, args)
+    cfg = _load(args)
     from postwarden.reports.summary import as_text, summarise
 
     try:
@@ -674,7 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
         "once per organisation and report id, the raw report kept gzipped; what cannot be read "
         "is stored as refused, with the reason on standard error. Reports received more than "
         "[store].retention_days days ago are pruned. Exit 0 stored or refused with a reason, 75 retry "
-        "later (the database is locked or unwritable), 2 a named file cannot be read.",
+        "later (the database is locked or unwritable, or the configuration has an error: Postfix "
+        "keeps the report instead of bouncing it), 2 a named file cannot be read.",
     )
     m.add_argument("files", nargs="*", metavar="FILE")
     m.set_defaults(fn=cmd_reports)

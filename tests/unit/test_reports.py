@@ -742,3 +742,15 @@ def test_a_bomb_in_one_attachment_refuses_the_whole_email() -> None:
     with pytest.raises(Refused, match="MiB"):
         read_reports(msg)
     assert read_reports(as_email(good, "b.xml", "text/xml"))
+
+
+def test_a_config_error_makes_ingest_retry_later_not_bounce(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + "[nosuchsection]\n")
+    code, out = _ingest(cfg, DMARC_DIR / "mail-auth" / "001.xml", capsys=capsys)
+    assert code == 75 and "nosuchsection" in out and "retry later" in out
+    with pytest.raises(SystemExit) as exc:  # the other commands keep exit 78
+        main(["--config", str(cfg), "reports"])
+    assert exc.value.code == 78
