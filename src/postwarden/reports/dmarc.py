@@ -18,6 +18,7 @@ from postwarden.reports.unpack import Refused, printable
 
 MAX_ROWS = 200_000
 MAX_COUNT = 10**9
+MAX_TIME = 2**40  # seconds since 1970: far beyond any report, far inside SQLite's integers
 _DECL = re.compile(r"<\?xml[^>]*\?>")
 _SCHEMA = re.compile(r"</?xs:schema[^>]*>")
 _DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
@@ -170,8 +171,8 @@ def _int(value: str, what: str) -> int:
         n = int(float(value))
     except (ValueError, OverflowError):
         raise Refused(f"{what} is not a number: {value[:40]!r}") from None
-    if n < 0:
-        raise Refused(f"{what} is negative: {value[:40]!r}")
+    if n < 0 or n > MAX_TIME:
+        raise Refused(f"{what} is out of range: {value[:40]!r}")
     return n
 
 

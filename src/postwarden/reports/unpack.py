@@ -116,7 +116,14 @@ def unzip(data: bytes, budget: Budget, depth: int) -> list[Document]:
                 while chunk := fh.read(CHUNK):
                     budget.take(len(chunk))
                     out += chunk
-        except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            NotImplementedError,
+            EOFError,
+            OSError,
+            ValueError,  # a negative offset in a damaged central directory
+        ) as exc:
             raise Refused(f"broken zip member: {exc}") from None
         docs += documents(bytes(out), budget, depth + 1)
     return docs
