@@ -782,3 +782,24 @@ def test_mutated_corpus_reports_are_stored_or_refused_never_an_exception(tmp_pat
             statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
             assert outcome.status != "refused" or outcome.reason
     assert sum(statuses.values()) >= 600 and statuses.get("refused", 0) > 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<feedback>" + b"<!--" * 262_144,
+        b"<feedback>" + b"<?xml" * 200_000,
+        b"<feedback>" + b"<![CDATA[" * 100_000,
+        b"<feedback>" + b"<" * 1_000_000,
+        b"<feedback>" + b"<a>" * 300_000 + b"<bad@",
+        b"<feedback><a><b>" + b"</zz>" * 200_000 + b"<bad@",
+        b"<feedback>" + b"<xs:schema" * 100_000,
+        b"<feedback>" + b"&" * 1_000_000 + b"<bad@",
+    ],
+    ids=["comments", "declarations", "cdata", "lt", "nesting", "closings", "schema", "amp"],
+)
+def test_pathological_broken_xml_is_refused_in_linear_time(data: bytes) -> None:
+    started = time.monotonic()
+    with pytest.raises(Refused):
+        read_reports(data)
+    assert time.monotonic() - started < 5
