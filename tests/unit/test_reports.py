@@ -803,3 +803,31 @@ def test_pathological_broken_xml_is_refused_in_linear_time(data: bytes) -> None:
     with pytest.raises(Refused):
         read_reports(data)
     assert time.monotonic() - started < 5
+
+
+def _nested_email(depth: int) -> bytes:
+    head = b"From: a@b.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+    opens = b"".join(
+        f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+        for i in range(depth)
+    )
+    closes = b"".join(f"--b{i}--\r\n".encode() for i in reversed(range(depth)))
+    return head + opens + b"Content-Type: text/plain\r\n\r\nhello\r\n" + closes
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _nested_email(5000),
+        _nested_email(450),
+        b'From: a@b.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="x"\r\n\r\n'
+        + b"--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n" * 200_000
+        + b"--x--\r\n",
+    ],
+    ids=["nested-5000", "nested-450", "200000-parts"],
+)
+def test_hostile_mime_structure_is_refused_quickly(data: bytes) -> None:
+    started = time.monotonic()
+    with pytest.raises(Refused):
+        read_reports(data)
+    assert time.monotonic() - started < 3

@@ -156,9 +156,28 @@ def _part_is_report(part: email.message.Message) -> bool:
     return name.endswith((".xml", ".gz", ".zip", ".json", ".xml.gz", ".json.gz"))
 
 
+MAX_MIME_LINES = 1000  # lines that may be MIME boundaries: a report email has a handful
+
+
 def from_email(data: bytes, budget: Budget, depth: int) -> list[Document]:
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
-    parts = [p for p in msg.walk() if _part_is_report(p)]
+    # Python's parser takes seconds over 100,000 parts and recurses once per nesting level:
+    # an email with more possible boundaries than any report email has is refused unread.
+    if data.count(b"\n--") > MAX_MIME_LINES:
+        raise Refused(f"an email with more than {MAX_MIME_LINES} MIME boundaries: not a report")
+    try:
+        msg = email.message_from_bytes(data, policy=email.policy.compat32)
+        parts = [p for p in msg.walk() if _part_is_report(p)]
+    except RecursionError:
+        raise Refused("an email with MIME parts nested too deep") from None
+    return _email_parts(msg, parts, budget, depth)
+
+
+def _email_parts(
+    msg: email.message.Message,
+    parts: list[email.message.Message],
+    budget: Budget,
+    depth: int,
+) -> list[Document]:
     if not parts:
         # Inline: a text part that is itself the report.
         for p in msg.walk():
