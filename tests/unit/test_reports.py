@@ -831,3 +831,14 @@ def test_hostile_mime_structure_is_refused_quickly(data: bytes) -> None:
     with pytest.raises(Refused):
         read_reports(data)
     assert time.monotonic() - started < 3
+
+
+def test_a_zip_listing_many_members_is_refused_before_they_are_read() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(5000):
+            z.writestr(f"{i}.xml", b"")
+    started = time.monotonic()
+    with pytest.raises(Refused, match="5000 members"):
+        read_reports(buf.getvalue())
+    assert time.monotonic() - started < 1

@@ -96,7 +96,19 @@ def gunzip(data: bytes, budget: Budget) -> bytes:
     return bytes(out)
 
 
+def _declared_members(data: bytes) -> int | None:
+    """The member count in the end-of-central-directory record, read before zipfile builds an
+    object per member (a hostile directory could list a million)."""
+    at = data.rfind(b"PK\x05\x06", max(0, len(data) - 65_557))
+    if at < 0 or at + 22 > len(data):
+        return None
+    return int.from_bytes(data[at + 10 : at + 12], "little")
+
+
 def unzip(data: bytes, budget: Budget, depth: int) -> list[Document]:
+    declared = _declared_members(data)
+    if declared is not None and declared > MAX_MEMBERS:
+        raise Refused(f"zip archive with {declared} members (at most {MAX_MEMBERS})")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
