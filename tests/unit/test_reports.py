@@ -842,3 +842,57 @@ def test_a_zip_listing_many_members_is_refused_before_they_are_read() -> None:
     with pytest.raises(Refused, match="5000 members"):
         read_reports(buf.getvalue())
     assert time.monotonic() - started < 1
+
+
+def test_own_count_is_over_the_reports_ranges_only() -> None:
+    from postwarden.reports.summary import merge_ranges
+
+    day = 86400
+    assert merge_ranges({(0, day - 1), (day, 2 * day - 1), (5 * day, 6 * day - 1), (10, 20)}) == [
+        (0, 2 * day - 1),
+        (5 * day, 6 * day - 1),
+    ]
+
+
+def test_own_signed_counts_decisions_inside_the_ranges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _db(tmp_path)
+    start = (NOW - timedelta(days=20)).date()
+    base = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    sig = json.dumps([{"d": "example.com", "s": "s1", "a": "rsa-sha256"}])
+    other = json.dumps([{"d": "other.example", "s": "s1", "a": "rsa-sha256"}])
+    rows = []
+    for hours, action, sigs in [
+        (1, "accept", sig),  # day 1: counted
+        (5, "accept", sig),  # day 1: counted
+        (7, "reject", sig),  # not passed on
+        (8, "accept", other),  # another domain
+        (30, "accept", sig),  # day 2: no report covers it
+        (50, "accept", sig),  # day 3: counted
+    ]:
+        rows.append(
+            {
+                "time": (base + timedelta(hours=hours)).isoformat(),
+                "action": action,
+                "outbound": 1,
+                "signatures": sigs,
+            }
+        )
+    db["decisions"].insert_all(rows, alter=False)
+    for n in (0, 2):
+        b = int((base + timedelta(days=n)).timestamp())
+        ingest(
+            db,
+            aggregate_xml("g.example", f"own-{n}", "example.com", b, b + 86399, [R(SERVER, 5)]),
+            now=NOW,
+        )
+    cfg = _config(tmp_path)
+    [d] = _reports_json(cfg, capsys, "--since", "60d")["domains"]
+    assert d["own"] == {
+        "reported": 10,
+        "signed": 3,
+        "ranges": 2,
+        "from": base.isoformat(),
+        "until": (base + timedelta(days=3)).isoformat(),
+    }

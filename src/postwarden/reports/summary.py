@@ -90,6 +90,18 @@ def group_of(ip: str, dkim: str, spf: str, servers: set[str]) -> str:
     return "failing"
 
 
+def merge_ranges(ranges: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The reports' date ranges (inclusive ends) as disjoint intervals, in order: the times
+    postwarden's own decisions are counted over, once each even when reports overlap."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
 # ---- reverse names ------------------------------------------------------------------------------
 
 
@@ -279,7 +291,7 @@ def summarise(
                 "published": {},
                 "daily": defaultdict(lambda: [0, 0]),
                 "sources": {},
-                "range": [None, None],
+                "ranges": set(),
             }
         return per[d]
 
@@ -303,8 +315,7 @@ def summarise(
         src = e["sources"].setdefault(key, Source(row.source_ip, key[1]))
         src.add(row.count, row.dkim, row.spf, row.header_from)
         if _is_server(row.source_ip, servers):
-            lo, hi = e["range"]
-            e["range"] = [row.begin if lo is None else min(lo, row.begin), max(hi or 0, row.end)]
+            e["ranges"].add((row.begin, row.end))
 
     ips = sorted({ip for e in per.values() for ip, _ in e["sources"]})
     names = reverse_names(db, config, ips, resolve=resolve, lock=lock)
@@ -335,15 +346,23 @@ def summarise(
                 " breaks signatures (a relay, a footer, a re-encoding)"
             )
         own: dict[str, Any] = {"reported": groups["this_server"]["messages"], "signed": None}
-        lo, hi = e["range"]
-        if lo is not None:
-            since_iso = datetime.fromtimestamp(lo, UTC).isoformat()
-            until_iso = datetime.fromtimestamp(hi + 1, UTC).isoformat()
+        merged = merge_ranges(e["ranges"])
+        if merged:
+            signed = 0
+            for lo, hi in merged:
+                signed += locked(
+                    queries.signed_for_domain,
+                    db,
+                    d,
+                    datetime.fromtimestamp(lo, UTC).isoformat(),
+                    datetime.fromtimestamp(hi + 1, UTC).isoformat(),
+                )
             own.update(
                 {
-                    "from": since_iso,
-                    "until": until_iso,
-                    "signed": locked(queries.signed_for_domain, db, d, since_iso, until_iso),
+                    "from": datetime.fromtimestamp(merged[0][0], UTC).isoformat(),
+                    "until": datetime.fromtimestamp(merged[-1][1] + 1, UTC).isoformat(),
+                    "ranges": len(merged),
+                    "signed": signed,
                 }
             )
         name, record = records.get(d, (f"_dmarc.{d}", None))
