@@ -126,7 +126,7 @@ def main() -> int:
         "## Reports (`make bench-reports`)",
         "",
         f"Measured on {datetime.now(UTC):%Y-%m-%d}: {os.cpu_count()} cores, Python {platform.python_version()},"
-        f" shared machine. {len(files):,} DMARC aggregate reports ({DOMAINS} domains x {DAYS} days,"
+        f" shared machine (load average {os.getloadavg()[0]:.1f} at the end). {len(files):,} DMARC aggregate reports ({DOMAINS} domains x {DAYS} days,"
         f" {ROWS} rows each, {rows:,} rows, {POOL} source addresses; a quarter each as .xml, .xml.gz,"
         f" .zip and report email; {size / 1e6:.1f} MB), a DNS server on loopback with the DMARC"
         " records and half the reverse names.",

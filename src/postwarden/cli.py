@@ -393,7 +393,9 @@ def cmd_reports(args: argparse.Namespace) -> int:
     except sqlite3.OperationalError as exc:
         print(f"postwarden reports: the database: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else as_text(summary))
+    # Compact JSON: the document lists every source of every domain, and json's C encoder
+    # is ten times faster than the indenting one over it.
+    print(json.dumps(summary, sort_keys=True) if args.json else as_text(summary))
     return EX_OK
 
 

@@ -4,6 +4,7 @@ what it signed, and the next DMARC step; TLS reports per policy domain."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import defaultdict
@@ -72,6 +73,7 @@ def _share(n: int, total: int) -> float:
     return round(n / total, 4) if total else 0.0
 
 
+@functools.lru_cache(maxsize=4096)
 def day_of(begin: int, end: int) -> str:
     """The UTC day a report is counted on: the day of its date range's middle."""
     return datetime.fromtimestamp((begin + end) // 2, UTC).date().isoformat()
