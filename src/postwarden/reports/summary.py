@@ -488,7 +488,7 @@ def as_text(summary: dict[str, Any]) -> str:
         if own["signed"] is not None:
             lines.append(
                 f"  postwarden signed {own['signed']} message(s) for {d['domain']} over the reports'"
-                f" range; the reports cover {own['reported']} from this server"
+                f" date ranges; the reports cover {own['reported']} from this server"
             )
         for a in d["alerts"]:
             lines.append(f"  ALERT: {a}")
