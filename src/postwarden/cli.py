@@ -419,17 +419,22 @@ def _reports_ingest(cfg: Any, args: argparse.Namespace) -> int:
             f"postwarden reports ingest: {exc.filename or 'stdin'}: {exc.strerror}", file=sys.stderr
         )
         return EX_USAGE
+    done: list[dict[str, Any]] = []
     try:
         db = _db(cfg)
         for source, data in inputs:
             for outcome in ingest(
                 db, data, source=source, retention_days=cfg.daemon.store.retention_days
             ):
-                line = f"{source}: {outcome.line()}"
-                print(line, file=sys.stderr if outcome.status == "refused" else sys.stdout)
+                done.append({"source": source, **outcome.as_dict()})
+                if not args.json:
+                    line = f"{source}: {outcome.line()}"
+                    print(line, file=sys.stderr if outcome.status == "refused" else sys.stdout)
     except sqlite3.OperationalError as exc:
         print(f"postwarden reports ingest: the database: {exc}; retry later", file=sys.stderr)
         return EX_TEMPFAIL
+    if args.json:
+        print(json.dumps(done, indent=2, sort_keys=True))
     return EX_OK
 
 
@@ -689,6 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
         "keeps the report instead of bouncing it), 2 a named file cannot be read.",
     )
     m.add_argument("files", nargs="*", metavar="FILE")
+    m.add_argument("--json", action="store_true", help="one JSON document: each report's outcome")
     m.set_defaults(fn=cmd_reports)
 
     s = sub.add_parser(

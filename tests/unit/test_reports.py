@@ -896,3 +896,25 @@ def test_own_signed_counts_decisions_inside_the_ranges(
         "from": base.isoformat(),
         "until": (base + timedelta(days=3)).isoformat(),
     }
+
+
+def test_ingest_json_lists_each_outcome(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path)
+    good = tmp_path / "r.xml"
+    good.write_bytes(aggregate_xml("o.example", "j1", "example.com", 1, 2, [R(SERVER, 1)]))
+    empty = tmp_path / "e.xml"
+    empty.write_bytes(b"")
+    capsys.readouterr()
+    assert (
+        main(
+            ["--config", str(cfg), "reports", "ingest", "--json", str(good), str(empty), str(good)]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert [(o["source"], o["status"]) for o in out] == [
+        (str(good), "stored"),
+        (str(empty), "refused"),
+        (str(good), "duplicate"),
+    ]
+    assert out[0]["report_id"] == "j1" and out[1]["reason"] == "empty: no report in it"
