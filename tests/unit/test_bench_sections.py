@@ -9,7 +9,7 @@ from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 
-from sections import keep_sections, write_section  # noqa: E402
+from sections import keep_sections, write_section
 
 
 def test_make_bench_keeps_the_reports_section_and_bench_reports_replaces_only_its_own(
