@@ -741,12 +741,11 @@ def main() -> int:
         time.monotonic() - started,
     )
     (REPO / "docs").mkdir(exist_ok=True)
-    path = REPO / "docs" / "benchmarks.md"
-    # Other benchmarks (reports, Redis, metrics) keep their own sections after this one.
-    old = path.read_text() if path.exists() else ""
-    marker = "\n<!-- other benchmarks -->\n"
-    rest = old[old.index(marker) :] if marker in old else marker
-    path.write_text(text + rest)
+    out = REPO / "docs" / "benchmarks.md"
+    # Other benchmarks' sections (make bench-reports) are kept as they are.
+    from sections import keep_sections
+
+    out.write_text(keep_sections(out.read_text() if out.exists() else "", text))
     (ROOT / "runs.json").write_text(json.dumps(runs, indent=1))
     print(text)
     return 0

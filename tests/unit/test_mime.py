@@ -182,13 +182,18 @@ def test_huge_bodies_are_read_in_linear_time() -> None:
     headers = [("Content-Type", 'multipart/mixed; boundary="b"')]
     small = b"--b\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 100 + b"\r\n" + b"--c\r\n" * 1000
     big = small * 40
-    started = time.perf_counter()
-    mime_problem(headers, small)
-    t_small = time.perf_counter() - started
-    started = time.perf_counter()
-    mime_problem(headers, big)
-    t_big = time.perf_counter() - started
-    assert t_big < max(t_small, 0.001) * 40 * 4  # linear, with room for noise
+    def best_of(body: bytes, n: int) -> float:
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            mime_problem(headers, body)
+            times.append(time.perf_counter() - started)
+        return min(times)  # the least disturbed run: the machine may be busy
+
+    t_small = best_of(small, 5)
+    t_big = best_of(big, 2)
+    # Linear: 40 times the input, well under 40 x 8 the time (quadratic would be 1,600 x).
+    assert t_big < max(t_small, 0.002) * 40 * 8
     one_line = b"--b\r\nContent-Type: text/plain\r\n\r\n" + b"A" * 5_000_000 + b"\r\n--b--\r\n"
     started = time.perf_counter()
     assert mime_problem(headers, one_line) == ""
