@@ -191,7 +191,7 @@ def mime_bodies(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=6000, derandomize=False, deadline=None, suppress_health_check=list(HealthCheck)
+    max_examples=400, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck)
 )
 @given(mime_bodies())
 def test_the_mime_scanner_reads_random_structures_as_the_email_package_does(raw: bytes) -> None:
