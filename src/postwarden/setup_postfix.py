@@ -6,7 +6,8 @@ postconf(1), idempotent, the change shown before it is made.
   macros postwarden reads, tempfail when it is down, and nothing that would break a signature.
 - master.cf: the submission service (TLS and SASL required, milter_macro_daemon_name=ORIGINATING),
   every smtpd service's own `-o smtpd_milters=` (if any) made to include postwarden, and the
-  loopback notice service lock notices are submitted to (milter/notify.py).
+  notice service lock notices are submitted to (milter/notify.py): an smtpd on the UNIX-domain
+  socket public/postwarden-notice, which only group postdrop can reach.
 
 Mail relayed on port 25 for a mynetworks client without SASL is outbound through the
 `network:127.0.0.0/8` rule of [milter].outbound (the shipped postwarden.toml has it).
@@ -27,7 +28,7 @@ from postwarden.milter.notify import NOTICE_SERVICE_TAG
 
 CHROOT_SOCKET = "unix:/postwarden/postwarden.sock"
 FULL_SOCKET = "unix:/var/spool/postfix/postwarden/postwarden.sock"
-NOTICE_LISTEN = "127.0.0.1:10026"
+NOTICE_SERVICE = "postwarden-notice"
 
 MAIN_SETTINGS: dict[str, str] = {
     # postwarden down or failing: clients get 4xx and retry; sendmail(1) mail waits in maildrop.
@@ -55,12 +56,19 @@ SUBMISSION_OPTIONS: dict[str, str] = {
     "milter_macro_daemon_name": "ORIGINATING",
 }
 
+# The notice service: smtpd on the UNIX-domain socket public/postwarden-notice, which only group
+# postdrop can reach (public/ is postfix:postdrop 0710); the socket's mode is the access control,
+# so it relays for whoever reaches it (all of them show as localhost, 127.0.0.1). Its mail passes through postwarden like any other.
 NOTICE_OPTIONS: dict[str, str] = {
     "syslog_name": NOTICE_SERVICE_TAG.partition("=")[2],
-    "mynetworks": "127.0.0.0/8",
     "smtpd_sasl_auth_enable": "no",
-    "smtpd_client_restrictions": "permit_mynetworks,reject",
+    "smtpd_client_restrictions": "",
+    "smtpd_helo_restrictions": "",
+    "smtpd_sender_restrictions": "",
+    # Postfix refuses a bare "permit"; its clients show as localhost 127.0.0.1.
+    "mynetworks": "127.0.0.0/8",
     "smtpd_relay_restrictions": "permit_mynetworks,reject",
+    "smtpd_recipient_restrictions": "permit_mynetworks,reject",
 }
 
 
@@ -153,7 +161,7 @@ def plan(
     *,
     smtp_service: str = "smtp",
     submission_service: str = "submission",
-    notice_listen: str = NOTICE_LISTEN,
+    notice_service: str = NOTICE_SERVICE,
 ) -> tuple[list[Change], list[str]]:
     """The changes to make, and warnings about what cannot be fixed by a setting."""
     changes: list[Change] = []
@@ -192,7 +200,7 @@ def plan(
             Change("master.cf", sub_key, None, f"{submission_service} inet n - y - - smtpd")
         )
     wanted.append((sub_key, SUBMISSION_OPTIONS))
-    notice_key = f"{notice_listen}/inet"
+    notice_key = f"{notice_service}/unix"
     tagged = [
         k.rsplit("/", 1)[0]
         for k, v in params.items()
@@ -206,7 +214,7 @@ def plan(
                 "master.cf",
                 notice_key,
                 None,
-                f"{notice_key.rsplit('/', 1)[0]} inet n - {'y' if chrooted else 'n'} - - smtpd",
+                f"{notice_key.rsplit('/', 1)[0]} unix n - {'y' if chrooted else 'n'} - - smtpd",
             )
         )
     wanted.append((notice_key, NOTICE_OPTIONS))
@@ -237,14 +245,14 @@ def run(
     dry_run: bool,
     smtp_service: str = "smtp",
     submission_service: str = "submission",
-    notice_listen: str = NOTICE_LISTEN,
+    notice_service: str = NOTICE_SERVICE,
 ) -> tuple[list[Change], list[str]]:
     pc = Postconf(config_directory)
     changes, warnings = plan(
         pc,
         smtp_service=smtp_service,
         submission_service=submission_service,
-        notice_listen=notice_listen,
+        notice_service=notice_service,
     )
     if not dry_run:
         for change in changes:
@@ -262,7 +270,7 @@ def cmd_setup_postfix(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             smtp_service=args.smtp_service,
             submission_service=args.submission_service,
-            notice_listen=args.notice_listen,
+            notice_service=args.notice_service,
         )
     except SetupError as exc:
         print(f"postwarden setup-postfix: {exc}", file=sys.stderr)
@@ -305,8 +313,8 @@ def register(sub: Any) -> None:
         "non_smtpd_milters (pickup), its socket inside Postfix's chroot, "
         "milter_default_action=tempfail, disable_mime_output_conversion=yes, "
         "message_reject_characters=\\0, the submission service (TLS and Dovecot SASL required, "
-        "milter_macro_daemon_name=ORIGINATING) and the loopback service lock notices are "
-        "submitted to. Idempotent: prints each change (- old, + new) before making it; a second "
+        "milter_macro_daemon_name=ORIGINATING) and the service lock notices are "
+        "submitted to (public/postwarden-notice, reachable by group postdrop only). Idempotent: prints each change (- old, + new) before making it; a second "
         "run changes nothing. Then run `postfix reload`.",
     )
     s.add_argument("--dry-run", action="store_true", help="print the changes, make none")
@@ -329,10 +337,11 @@ def register(sub: Any) -> None:
         help="master.cf name of the submission smtpd, created if missing (default submission)",
     )
     s.add_argument(
-        "--notice-listen",
-        default=NOTICE_LISTEN,
-        metavar="HOST:PORT",
-        help=f"where the loopback notice service listens (default {NOTICE_LISTEN})",
+        "--notice-service",
+        default=NOTICE_SERVICE,
+        metavar="NAME",
+        help="master.cf name of the notice service, a UNIX-domain smtpd in the spool's public/"
+        f" folder that postwarden submits lock notices to (default {NOTICE_SERVICE})",
     )
     s.add_argument("--json", action="store_true", help="the changes as one JSON document")
     s.set_defaults(fn=cmd_setup_postfix)
