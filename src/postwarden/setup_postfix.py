@@ -16,14 +16,20 @@ Mail relayed on port 25 for a mynetworks client without SASL is outbound through
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from postwarden import EX_OK, EX_TEMPFAIL
+from postwarden.config import config_path
+from postwarden.config.models import MilterSection
 from postwarden.milter.notify import NOTICE_SERVICE_TAG
 
 CHROOT_SOCKET = "unix:/postwarden/postwarden.sock"
@@ -239,6 +245,54 @@ def plan(
     return changes, warnings
 
 
+def _networks(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The CIDR entries of a mynetworks value ("[::1]/128" included; tables are skipped)."""
+    out = []
+    for item in re.split(r"[\s,]+", value):
+        text = item.replace("[", "").replace("]", "")
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+            continue  # Postfix shows the milter such clients as IPv4 addresses
+        out.append(net)
+    return out
+
+
+def uncovered_networks(mynetworks: str, outbound: list[str]) -> list[str]:
+    """mynetworks ranges no `network:` rule of [milter].outbound covers: mail relayed for
+    them without SASL would pass as inbound, unsigned and not counted."""
+    rules = []
+    for rule in outbound:
+        kind, _, arg = rule.partition(":")
+        if kind == "network":
+            with contextlib.suppress(ValueError):
+                rules.append(ipaddress.ip_network(arg, strict=False))
+    missing = []
+    for net in _networks(mynetworks):
+        if not any(
+            net.version == r.version and net.subnet_of(r)  # type: ignore[arg-type]
+            for r in rules
+        ):
+            missing.append(str(net))
+    return missing
+
+
+def outbound_rules(config_file: Path) -> list[str]:
+    """[milter].outbound of postwarden.toml, read without validating the rest."""
+    try:
+        with config_file.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        raw = {}
+    milter = raw.get("milter")
+    rules = milter.get("outbound") if isinstance(milter, dict) else None
+    if isinstance(rules, list) and all(isinstance(r, str) for r in rules):
+        return rules
+    return list(MilterSection().outbound)
+
+
 def run(
     config_directory: str,
     *,
@@ -246,6 +300,7 @@ def run(
     smtp_service: str = "smtp",
     submission_service: str = "submission",
     notice_service: str = NOTICE_SERVICE,
+    outbound: list[str] | None = None,
 ) -> tuple[list[Change], list[str]]:
     pc = Postconf(config_directory)
     changes, warnings = plan(
@@ -254,6 +309,12 @@ def run(
         submission_service=submission_service,
         notice_service=notice_service,
     )
+    if outbound is not None:
+        for net in uncovered_networks(pc.main("mynetworks"), outbound):
+            warnings.append(
+                f'mynetworks has {net}, which no "network:" rule of [milter].outbound covers: mail '
+                f'relayed for it without SASL passes as inbound (unsigned, not counted); add "network:{net}"'
+            )
     if not dry_run:
         for change in changes:
             pc.apply(change)
@@ -271,6 +332,7 @@ def cmd_setup_postfix(args: argparse.Namespace) -> int:
             smtp_service=args.smtp_service,
             submission_service=args.submission_service,
             notice_service=args.notice_service,
+            outbound=outbound_rules(config_path(args.config)),
         )
     except SetupError as exc:
         print(f"postwarden setup-postfix: {exc}", file=sys.stderr)
@@ -315,7 +377,9 @@ def register(sub: Any) -> None:
         "message_reject_characters=\\0, the submission service (TLS and Dovecot SASL required, "
         "milter_macro_daemon_name=ORIGINATING) and the service lock notices are "
         "submitted to (public/postwarden-notice, reachable by group postdrop only). Idempotent: prints each change (- old, + new) before making it; a second "
-        "run changes nothing. Then run `postfix reload`.",
+        "run changes nothing. Then run `postfix reload`. Warns about each mynetworks range "
+        "that no network: rule of postwarden.toml's [milter].outbound covers (mail relayed for "
+        "it without SASL would pass as inbound).",
     )
     s.add_argument("--dry-run", action="store_true", help="print the changes, make none")
     s.add_argument(

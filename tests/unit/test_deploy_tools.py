@@ -21,6 +21,7 @@ from tests.helpers import write_config
 
 DEBIAN_MAIN_CF = Path("/usr/share/postfix/main.cf.debian")
 MASTER_CF = Path("/etc/postfix/master.cf")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -169,3 +170,40 @@ def test_check_config_as_root_checks_the_service_user_can_read_each_key(
     assert "10-test.toml: the service user nobody cannot read it: Permission denied" in out
     assert unreadable_as("no-such-user-here", [str(cfg)]) is None
     assert service_owner("no-such-user-here") is None
+
+
+def test_setup_postfix_warns_about_mynetworks_no_outbound_rule_covers(
+    postfix_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from postwarden.setup_postfix import outbound_rules, uncovered_networks
+
+    debian = "127.0.0.0/8 [::ffff:127.0.0.0]/104 [::1]/128"
+    shipped = outbound_rules(REPO / "deploy" / "postfix" / "postwarden.toml")
+    assert "network:127.0.0.0/8" in shipped
+    assert uncovered_networks(debian, shipped) == []
+    assert uncovered_networks(debian + " 192.0.2.0/24", shipped) == ["192.0.2.0/24"]
+    # Without a network: rule (the spec's default), Debian's mynetworks would pass as inbound.
+    assert uncovered_networks(debian, ["sasl", "local"]) == ["127.0.0.0/8", "::1/128"]
+    # What Debian's postinst writes into main.cf.
+    postconf(postfix_dir, "-e", f"mynetworks = {debian}")
+    cfg = write_config(tmp_path / "etc")
+    argv = ["--config", str(cfg), "setup-postfix", "--dry-run", "--config-directory"]
+    assert main([*argv, str(postfix_dir)]) == 0
+    err = capsys.readouterr().err
+    assert 'add "network:127.0.0.0/8"' in err and 'add "network:::1/128"' in err
+
+
+def test_import_opendkim_as_root_gives_the_policy_to_the_service_user(tmp_path: Path) -> None:
+    _root_and_nobody()
+    etc = tmp_path / "opendkim"
+    etc.mkdir()
+    (etc / "opendkim.conf").write_text(
+        "Domain example.com\nSelector s1\nKeyFile /etc/dkimkeys/s1.private\n"
+    )
+    cfg = write_config(tmp_path / "etc")
+    cfg.write_text(cfg.read_text().replace('user = "root"', 'user = "nobody"'))
+    out = tmp_path / "20-imported.toml"
+    argv = ["--config", str(cfg), "import-opendkim", "--conf", str(etc / "opendkim.conf")]
+    assert main([*argv, "--output", str(out)]) == 0
+    st = out.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (pwd.getpwnam("nobody").pw_uid, 0o640)
