@@ -55,6 +55,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     needed = [str(path), *(k.file for keys in cfg.keys.values() for k in keys)]
     needed += [str(f) for f in sorted(Path(cfg.daemon.policies).glob("*.toml"))]
     denied = owner.unreadable_as(user, needed)
+    if denied is None and owner.is_root() and not owner.user_exists(user):
+        print(
+            f"warning: the service user {user} ([milter].user) does not exist: whether it can"
+            " read the keys and policy files was not checked"
+        )
     if denied:
         for file, why in denied:
             print(f"{file}: the service user {user} cannot read it: {why}" if file else why)

@@ -49,6 +49,18 @@ def service_owner(name: str) -> Owner | None:
     return Owner(name, pw.pw_uid, pw.pw_gid)
 
 
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def make_dirs(path: Path, owner: Owner | None, mode: int = 0o750) -> None:
     """mkdir -p, each folder it creates given to owner."""
     missing = []
