@@ -57,6 +57,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     needed = [str(path), *(k.file for keys in cfg.keys.values() for k in keys)]
     needed += [str(f) for f in sorted(Path(cfg.daemon.policies).glob("*.toml"))]
     denied = owner.unreadable_as(user, needed)
+    if denied is None and owner.is_root() and not owner.user_exists(user):
+        print(
+            f"warning: the service user {user} ([milter].user) does not exist: whether it can"
+            " read the keys and policy files was not checked"
+        )
     if denied:
         for file, why in denied:
             print(f"{file}: the service user {user} cannot read it: {why}" if file else why)
@@ -387,19 +392,30 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
         print(f"postwarden dns-check: not hosted here: {', '.join(unknown)}", file=sys.stderr)
         return EX_USAGE
 
+    servers = ", ".join(cfg.daemon.dns.nameservers) or "the system resolver"
+    total = len(domains or cfg.policy.domains)
+    # Progress on stderr, so that stdout stays the report (and --json stays one document).
+    print(
+        f"postwarden dns-check: {total} domain(s), asking {servers}"
+        f" (timeout {cfg.daemon.dns.timeout:g} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    tty = sys.stderr.isatty()
+
     def progress(done: int, total: int, name: str) -> None:
-        if sys.stderr.isatty() and total > 1:
-            print(
-                f"\r{done}/{total} domains checked",
-                end="" if done < total else "\n",
-                file=sys.stderr,
-            )
+        if tty:
+            end = "" if done < total else "\n"
+            print(f"\r{done}/{total} domains checked", end=end, file=sys.stderr, flush=True)
+        elif done == total or done % 10 == 0:
+            print(f"{done}/{total} domains checked", file=sys.stderr, flush=True)
 
     report = dnsdoctor.run(cfg, domains or None, progress=progress, readiness=_readiness(cfg))
     if report.unreachable:
-        servers = ", ".join(cfg.daemon.dns.nameservers) or "the system resolver"
         print(
-            f"postwarden dns-check: DNS is unreachable: no answer from {servers}", file=sys.stderr
+            f"postwarden dns-check: DNS is unreachable: no answer from {servers}"
+            f" within {cfg.daemon.dns.timeout:g} s",
+            file=sys.stderr,
         )
         return EX_TEMPFAIL
     dnsdoctor.record(_db(cfg), report)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,18 @@ def service_owner(name: str) -> Owner | None:
     return Owner(name, pw.pw_uid, pw.pw_gid)
 
 
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def make_dirs(path: Path, owner: Owner | None, mode: int = 0o750) -> None:
     """mkdir -p, each folder it creates given to owner."""
     missing = []
@@ -68,20 +78,10 @@ def give(path: Path, owner: Owner | None) -> None:
         os.chown(path, owner.uid, owner.gid)
 
 
-_READER = """
-import sys
-for path in sys.argv[1:]:
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-    except OSError as exc:
-        print(f"{path}\\t{exc.strerror}")
-"""
-
-
 def unreadable_as(user: str, paths: list[str]) -> list[tuple[str, str]] | None:
-    """(path, why) for each path `user` cannot read, checked by a child process running as
-    that user with its groups; None when that cannot be checked (not root, no such user)."""
+    """(path, why) for each path `user` cannot read, tried by a forked child that has become
+    that user with its groups (os.setresuid: no interpreter of ours need be reachable by it);
+    None when that cannot be checked (not root, no such user)."""
     if os.geteuid() != 0 or not paths:
         return None
     try:
@@ -89,21 +89,36 @@ def unreadable_as(user: str, paths: list[str]) -> list[tuple[str, str]] | None:
     except KeyError:
         return None
     groups = os.getgrouplist(user, pw.pw_gid)
-    res = subprocess.run(
-        [sys.executable, "-I", "-c", _READER, *paths],
-        user=pw.pw_uid,
-        group=pw.pw_gid,
-        extra_groups=groups,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd="/",
-    )
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become the user, try each path, report, exit
+        code = 0
+        try:
+            os.close(read_end)
+            os.setgroups(groups)
+            os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+            os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+            lines = []
+            for path in paths:
+                try:
+                    with open(path, "rb") as fh:
+                        fh.read(1)
+                except OSError as exc:
+                    lines.append(f"{path}\t{exc.strerror}\n")
+            os.write(write_end, "".join(lines).encode())
+        except OSError:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as fh:
+        chunks.append(fh.read())
+    _, status = os.waitpid(pid, 0)
     out = []
-    for line in res.stdout.splitlines():
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
         path, _, why = line.partition("\t")
         out.append((path, why))
-    if res.returncode != 0:
-        out.append(("", f"the check as {user} failed: {res.stderr.strip()}"))
+    if os.waitstatus_to_exitcode(status) != 0:
+        out.append(("", f"the check as {user} could not run"))
     return out

@@ -6,7 +6,8 @@ postconf(1), idempotent, the change shown before it is made.
   macros postwarden reads, tempfail when it is down, and nothing that would break a signature.
 - master.cf: the submission service (TLS and SASL required, milter_macro_daemon_name=ORIGINATING),
   every smtpd service's own `-o smtpd_milters=` (if any) made to include postwarden, and the
-  loopback notice service lock notices are submitted to (milter/notify.py).
+  notice service lock notices are submitted to (milter/notify.py): an smtpd on the UNIX-domain
+  socket public/postwarden-notice, which only group postdrop can reach.
 
 Mail relayed on port 25 for a mynetworks client without SASL is outbound through the
 `network:127.0.0.0/8` rule of [milter].outbound (the shipped postwarden.toml has it).
@@ -15,19 +16,25 @@ Mail relayed on port 25 for a mynetworks client without SASL is outbound through
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from postwarden import EX_OK, EX_TEMPFAIL
+from postwarden.config import config_path
+from postwarden.config.models import MilterSection
 from postwarden.milter.notify import NOTICE_DAEMON_NAME, NOTICE_SERVICE_TAG
 
 CHROOT_SOCKET = "unix:/postwarden/postwarden.sock"
 FULL_SOCKET = "unix:/var/spool/postfix/postwarden/postwarden.sock"
-NOTICE_LISTEN = "127.0.0.1:10026"
+NOTICE_SERVICE = "postwarden-notice"
 
 MAIN_SETTINGS: dict[str, str] = {
     # postwarden down or failing: clients get 4xx and retry; sendmail(1) mail waits in maildrop.
@@ -55,14 +62,21 @@ SUBMISSION_OPTIONS: dict[str, str] = {
     "milter_macro_daemon_name": "ORIGINATING",
 }
 
+# The notice service: smtpd on the UNIX-domain socket public/postwarden-notice, which only group
+# postdrop can reach (public/ is postfix:postdrop 0710); the socket's mode is the access control,
+# so it relays for whoever reaches it (all of them show as localhost, 127.0.0.1). Its mail passes through postwarden like any other.
 NOTICE_OPTIONS: dict[str, str] = {
     "syslog_name": NOTICE_SERVICE_TAG.partition("=")[2],
     # How the milter knows the path notices take (the HMAC token is what proves one).
     "milter_macro_daemon_name": NOTICE_DAEMON_NAME,
-    "mynetworks": "127.0.0.0/8",
     "smtpd_sasl_auth_enable": "no",
-    "smtpd_client_restrictions": "permit_mynetworks,reject",
+    "smtpd_client_restrictions": "",
+    "smtpd_helo_restrictions": "",
+    "smtpd_sender_restrictions": "",
+    # Postfix refuses a bare "permit"; its clients show as localhost 127.0.0.1.
+    "mynetworks": "127.0.0.0/8",
     "smtpd_relay_restrictions": "permit_mynetworks,reject",
+    "smtpd_recipient_restrictions": "permit_mynetworks,reject",
 }
 
 
@@ -155,7 +169,7 @@ def plan(
     *,
     smtp_service: str = "smtp",
     submission_service: str = "submission",
-    notice_listen: str = NOTICE_LISTEN,
+    notice_service: str = NOTICE_SERVICE,
 ) -> tuple[list[Change], list[str]]:
     """The changes to make, and warnings about what cannot be fixed by a setting."""
     changes: list[Change] = []
@@ -194,7 +208,7 @@ def plan(
             Change("master.cf", sub_key, None, f"{submission_service} inet n - y - - smtpd")
         )
     wanted.append((sub_key, SUBMISSION_OPTIONS))
-    notice_key = f"{notice_listen}/inet"
+    notice_key = f"{notice_service}/unix"
     tagged = [
         k.rsplit("/", 1)[0]
         for k, v in params.items()
@@ -208,7 +222,7 @@ def plan(
                 "master.cf",
                 notice_key,
                 None,
-                f"{notice_key.rsplit('/', 1)[0]} inet n - {'y' if chrooted else 'n'} - - smtpd",
+                f"{notice_key.rsplit('/', 1)[0]} unix n - {'y' if chrooted else 'n'} - - smtpd",
             )
         )
     wanted.append((notice_key, NOTICE_OPTIONS))
@@ -233,21 +247,76 @@ def plan(
     return changes, warnings
 
 
+def _networks(value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The CIDR entries of a mynetworks value ("[::1]/128" included; tables are skipped)."""
+    out = []
+    for item in re.split(r"[\s,]+", value):
+        text = item.replace("[", "").replace("]", "")
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+            continue  # Postfix shows the milter such clients as IPv4 addresses
+        out.append(net)
+    return out
+
+
+def uncovered_networks(mynetworks: str, outbound: list[str]) -> list[str]:
+    """mynetworks ranges no `network:` rule of [milter].outbound covers: mail relayed for
+    them without SASL would pass as inbound, unsigned and not counted."""
+    rules = []
+    for rule in outbound:
+        kind, _, arg = rule.partition(":")
+        if kind == "network":
+            with contextlib.suppress(ValueError):
+                rules.append(ipaddress.ip_network(arg, strict=False))
+    missing = []
+    for net in _networks(mynetworks):
+        if not any(
+            net.version == r.version and net.subnet_of(r)  # type: ignore[arg-type]
+            for r in rules
+        ):
+            missing.append(str(net))
+    return missing
+
+
+def outbound_rules(config_file: Path) -> list[str]:
+    """[milter].outbound of postwarden.toml, read without validating the rest."""
+    try:
+        with config_file.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        raw = {}
+    milter = raw.get("milter")
+    rules = milter.get("outbound") if isinstance(milter, dict) else None
+    if isinstance(rules, list) and all(isinstance(r, str) for r in rules):
+        return rules
+    return list(MilterSection().outbound)
+
+
 def run(
     config_directory: str,
     *,
     dry_run: bool,
     smtp_service: str = "smtp",
     submission_service: str = "submission",
-    notice_listen: str = NOTICE_LISTEN,
+    notice_service: str = NOTICE_SERVICE,
+    outbound: list[str] | None = None,
 ) -> tuple[list[Change], list[str]]:
     pc = Postconf(config_directory)
     changes, warnings = plan(
         pc,
         smtp_service=smtp_service,
         submission_service=submission_service,
-        notice_listen=notice_listen,
+        notice_service=notice_service,
     )
+    if outbound is not None:
+        for net in uncovered_networks(pc.main("mynetworks"), outbound):
+            warnings.append(
+                f'mynetworks has {net}, which no "network:" rule of [milter].outbound covers: mail '
+                f'relayed for it without SASL passes as inbound (unsigned, not counted); add "network:{net}"'
+            )
     if not dry_run:
         for change in changes:
             pc.apply(change)
@@ -264,7 +333,8 @@ def cmd_setup_postfix(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             smtp_service=args.smtp_service,
             submission_service=args.submission_service,
-            notice_listen=args.notice_listen,
+            notice_service=args.notice_service,
+            outbound=outbound_rules(config_path(args.config)),
         )
     except SetupError as exc:
         print(f"postwarden setup-postfix: {exc}", file=sys.stderr)
@@ -307,9 +377,11 @@ def register(sub: Any) -> None:
         "non_smtpd_milters (pickup), its socket inside Postfix's chroot, "
         "milter_default_action=tempfail, disable_mime_output_conversion=yes, "
         "message_reject_characters=\\0, the submission service (TLS and Dovecot SASL required, "
-        "milter_macro_daemon_name=ORIGINATING) and the loopback service lock notices are "
-        "submitted to. Idempotent: prints each change (- old, + new) before making it; a second "
-        "run changes nothing. Then run `postfix reload`.",
+        "milter_macro_daemon_name=ORIGINATING) and the service lock notices are "
+        "submitted to (public/postwarden-notice, reachable by group postdrop only). Idempotent: prints each change (- old, + new) before making it; a second "
+        "run changes nothing. Then run `postfix reload`. Warns about each mynetworks range "
+        "that no network: rule of postwarden.toml's [milter].outbound covers (mail relayed for "
+        "it without SASL would pass as inbound).",
     )
     s.add_argument("--dry-run", action="store_true", help="print the changes, make none")
     s.add_argument(
@@ -331,10 +403,11 @@ def register(sub: Any) -> None:
         help="master.cf name of the submission smtpd, created if missing (default submission)",
     )
     s.add_argument(
-        "--notice-listen",
-        default=NOTICE_LISTEN,
-        metavar="HOST:PORT",
-        help=f"where the loopback notice service listens (default {NOTICE_LISTEN})",
+        "--notice-service",
+        default=NOTICE_SERVICE,
+        metavar="NAME",
+        help="master.cf name of the notice service, a UNIX-domain smtpd in the spool's public/"
+        f" folder that postwarden submits lock notices to (default {NOTICE_SERVICE})",
     )
     s.add_argument("--json", action="store_true", help="the changes as one JSON document")
     s.set_defaults(fn=cmd_setup_postfix)

@@ -4,6 +4,7 @@ each failure with its fix; timeouts and SERVFAIL are "unknown"; DNS switched off
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -350,5 +351,10 @@ def test_dns_switched_off_exits_75(tmp_path: Path, capsys: pytest.CaptureFixture
         cfg.read_text() + f'[server]\nhostname = "mail.example.net"\naddresses = ["{SERVER}"]\n'
         f'[dns]\nnameservers = ["127.0.0.1:{free_port()}"]\ntimeout = 0.5\n'
     )
+    started = time.monotonic()
     assert main(["--config", str(cfg), "dns-check"]) == 75
-    assert "DNS is unreachable: no answer from 127.0.0.1:" in capsys.readouterr().err
+    # Said within about one timeout (0.5 s), not after every query has timed out.
+    assert time.monotonic() - started < 2
+    err = capsys.readouterr().err
+    assert "postwarden dns-check: 1 domain(s), asking 127.0.0.1:" in err
+    assert "DNS is unreachable: no answer from 127.0.0.1:" in err and "within 0.5 s" in err

@@ -466,6 +466,12 @@ def run(
     lookup = Lookup(resolver)
     names = domains or sorted(config.policy.domains)
     report = Report(checked_at=(now or datetime.now(UTC)).isoformat())
+    # One query first: a nameserver that does not answer is reported within one timeout,
+    # not after every domain's queries (and pyspf's) have timed out one by one.
+    lookup.query(names[0] if names else ".", "SOA")
+    if lookup.unreachable:
+        report.unreachable = True
+        return report
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = {
             name: pool.submit(check_domain, lookup, name, config, (readiness or {}).get(name))

@@ -276,7 +276,14 @@ def _open_libmilter(socket: str, timeout: int) -> None:
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)
-    libmilter.setconn(socket)
+    # A unix socket is made under a temporary name and renamed into place once its group and
+    # mode let Postfix in: the name Postfix connects to appears only when it can be used (the
+    # race between the socket's creation and its chown tempfailed the first messages).
+    final = _socket_path(socket)
+    bound = socket
+    if final is not None:
+        bound = f"unix:{final.parent / f'.{final.name}.{os.getpid()}'}"
+    libmilter.setconn(bound)
     libmilter.settimeout(timeout)
     libmilter.register(
         "postwarden",
@@ -289,7 +296,9 @@ def _open_libmilter(socket: str, timeout: int) -> None:
         libmilter.opensocket(True)
     finally:
         os.umask(old_umask)
-    _open_socket_to_postfix(socket)
+    _open_socket_to_postfix(bound)
+    if final is not None:
+        os.replace(bound[5:], final)
 
 
 def _wake(spec: str) -> None:

@@ -1,7 +1,11 @@
 """Lock alerts: mailed to [rate].notify from a thread of their own.
 
-They are submitted by SMTP to Postfix's notice service on loopback, the master.cf entry
-`postwarden setup-postfix` adds (marked `-o syslog_name=postfix/postwarden-notice`): the shipped
+They are submitted by SMTP to Postfix's notice service, the master.cf entry `postwarden
+setup-postfix` adds (marked `-o syslog_name=postfix/postwarden-notice`): an smtpd on a
+UNIX-domain socket in the spool's public/ folder, which only group postdrop (postwarden's
+service user among them) can reach. Postfix shows the milter such a client as it shows
+sendmail(1) mail (localhost, port 0), so the milter takes a notice's HMAC as it does for local
+mail. The shipped
 systemd unit's sandbox (NoNewPrivileges, a read-only /var/spool/postfix/maildrop) stops
 sendmail(1), whose postdrop needs setgid postdrop and a writable maildrop. Without such a
 service (a Postfix set up by hand), sendmail(1) is used; a postdrop that hangs is killed with
@@ -27,6 +31,7 @@ import queue
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -48,37 +53,74 @@ class NoticeNotSent(Exception):
     pass
 
 
-def notice_service(postfix_dir: str) -> tuple[str, int] | None:
-    """(host, port) of the master.cf smtpd service tagged for notices, or None."""
+def _postconf(postfix_dir: str, *args: str) -> str:
     try:
         res = subprocess.run(
-            ["postconf", "-c", postfix_dir, "-M"],
+            ["postconf", "-c", postfix_dir, *args],
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    for line in res.stdout.splitlines():
+        return ""
+    return res.stdout if res.returncode == 0 else ""
+
+
+def notice_service(postfix_dir: str) -> str | tuple[str, int] | None:
+    """Where the master.cf smtpd service tagged for notices listens: the path of its
+    UNIX-domain socket (the kind setup-postfix adds), or (host, port); None when there is none."""
+    for line in _postconf(postfix_dir, "-M").splitlines():
         fields = line.split()
-        if len(fields) < 8 or fields[1] != "inet" or NOTICE_SERVICE_TAG not in line:
+        if len(fields) < 8 or fields[7] != "smtpd" or NOTICE_SERVICE_TAG not in line:
             continue
+        if fields[1] == "unix":
+            queue = _postconf(postfix_dir, "-h", "queue_directory").strip()
+            folder = "private" if fields[2] != "n" else "public"
+            return f"{queue}/{folder}/{fields[0]}" if queue else None
         m = re.fullmatch(r"(?:\[?([0-9.]+|[0-9a-fA-F:]+)\]?:)?([0-9]+)", fields[0])
-        if m:
+        if fields[1] == "inet" and m:
             return (m.group(1) or "127.0.0.1"), int(m.group(2))
     return None
 
 
-def submit_smtp(host: str, port: int, recipients: list[str], message: bytes) -> None:
+class _UnixSMTP(smtplib.SMTP):
+    """SMTP over a UNIX-domain socket (Postfix's smtpd on a master.cf "unix" service)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self._path = path
+        super().__init__(local_hostname="localhost", timeout=timeout)
+        code, msg = self.connect(path)
+        if code != 220:
+            self.close()
+            raise smtplib.SMTPConnectError(code, msg)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+def submit_smtp(where: str | tuple[str, int], recipients: list[str], message: bytes) -> None:
     """The null sender: a bounce of the notice must not come back as mail to anyone."""
+    name = where if isinstance(where, str) else f"{where[0]}:{where[1]}"
     try:
-        with smtplib.SMTP(host, port, local_hostname="localhost", timeout=SUBMIT_TIMEOUT) as s:
+        client = (
+            _UnixSMTP(where, SUBMIT_TIMEOUT)
+            if isinstance(where, str)
+            else smtplib.SMTP(*where, local_hostname="localhost", timeout=SUBMIT_TIMEOUT)
+        )
+        with client as s:
             refused = s.sendmail("<>", recipients, message)
     except (OSError, smtplib.SMTPException) as exc:
-        raise NoticeNotSent(f"SMTP to {host}:{port}: {exc}") from None
+        raise NoticeNotSent(f"SMTP to {name}: {exc}") from None
     if refused:
-        raise NoticeNotSent(f"SMTP to {host}:{port}: refused {refused}")
+        raise NoticeNotSent(f"SMTP to {name}: refused {refused}")
 
 
 def submit_sendmail(postfix_dir: str, recipients: list[str], message: bytes) -> None:
@@ -231,7 +273,7 @@ class Notifier:
             service = notice_service(self.postfix_dir)
             try:
                 if service:
-                    submit_smtp(*service, self.recipients, self.message(event))
+                    submit_smtp(service, self.recipients, self.message(event))
                 else:
                     submit_sendmail(self.postfix_dir, self.recipients, self.message(event))
             except NoticeNotSent as exc:
