@@ -1,0 +1,322 @@
+"""[headers].repair (issue 14): raw UTF-8 encoded as RFC 2047, long lines refolded, what cannot
+be repaired named; Sender, Resent-From and Resent-Sender held to From's rules; the client's
+trace stripped on request."""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+from datetime import UTC, datetime
+
+import pytest
+
+from postwarden.config.models import DomainPolicy, HeadersSection, Policy, UserPolicy
+from postwarden.policy import Action, Facts, evaluate
+from postwarden.policy.address import header_address, header_from
+from postwarden.policy.hygiene import headers_after
+from postwarden.policy.model import HeaderEdit
+from postwarden.policy.repair import (
+    MAX_LINE,
+    encode_unstructured,
+    encode_words,
+    refold,
+    repair_headers,
+)
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+POLICY = Policy(
+    domains={"example.com": DomainPolicy(), "example.org": DomainPolicy()},
+    users={"alice@example.com": UserPolicy(send_as=["alice@example.com", "news@example.com"])},
+    outbound=["sasl"],
+)
+BASE = (
+    ("Date", "Mon, 23 Nov 2026 09:00:00 +0000"),
+    ("Message-ID", "<1@example.com>"),
+)
+
+
+def decoded(value: str) -> str:
+    return str(email.header.make_header(email.header.decode_header(value)))
+
+
+def unfold(value: str) -> str:
+    return value.replace("\r\n", "\n").replace("\n ", " ").replace("\n\t", "\t")
+
+
+def run(*headers: tuple[str, str], policy: Policy = POLICY, mail_from: str = "alice@example.com"):  # type: ignore[no-untyped-def]
+    f = Facts(
+        auth_login="alice@example.com",
+        client_port=1,
+        mail_from=mail_from,
+        rcpts=("r@x.test",),
+        headers=(*BASE, *headers),
+        queue_id="QID1",
+    )
+    return evaluate(f, policy, NOW)
+
+
+# ---- encoding --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "r\u00e9sum\u00e9 \u65e5\u672c",
+        "caf\u00e9",
+        "Re: r\u00e9sum\u00e9 de Ren\u00e9e, 100% =?ok _under_ score",
+        "\u00e9 " * 200,  # many encoded words
+        "=?utf-8?q?caf=C3=A9?= na\u00efve",  # beside an encoded word the sender wrote
+        "na\u00efve =?utf-8?q?caf=C3=A9?=",
+        "tab\tand  two spaces \u00fcber",
+        "\U0001f600 emoji",
+    ],
+)
+def test_unstructured_text_encodes_and_reads_the_same(text: str) -> None:
+    value = encode_unstructured(text)
+    assert value.isascii()
+    for word in value.split():
+        if word.startswith("=?"):
+            assert len(word) <= 75
+    assert all(len(line) <= 78 for line in value.split("\n"))
+    expected = text.replace("=?utf-8?q?caf=C3=A9?=", "caf\u00e9")
+    assert decoded(unfold(value)) == expected
+
+
+def test_ascii_words_stay_readable() -> None:
+    assert encode_unstructured("Order 42: r\u00e9sum\u00e9 attached") == (
+        "Order 42: =?utf-8?q?r=C3=A9sum=C3=A9?= attached"
+    )
+
+
+def test_encoded_words_split_between_characters_never_inside_one() -> None:
+    words = encode_words("\u65e5" * 40)
+    assert len(words) > 1 and all(len(w) <= 75 for w in words)
+    assert decoded(" ".join(words)) == "\u65e5" * 40
+
+
+# ---- the whole header list -----------------------------------------------------------------
+
+
+def test_display_names_are_encoded_never_the_address() -> None:
+    r = repair_headers(
+        [
+            ("From", "Ren\u00e9e Dupr\u00e9 <bob@example.com>"),
+            ("To", '"M\u00fcller, Hans" <hans@x.test>, plain@x.test, =?utf-8?q?ok?= <o@x.test>'),
+        ],
+        smtputf8=False,
+        enabled=True,
+    )
+    assert r.problems == ()
+    assert [(c.name, c.index, c.kinds) for c in r.changes] == [
+        ("From", 1, ("encoded",)),
+        ("To", 1, ("encoded",)),
+    ]
+    frm, to = (v for _, v in r.headers)
+    assert header_from([frm]).address == "bob@example.com"
+    assert email.utils.getaddresses([unfold(frm)])[0][1] == "bob@example.com"
+    assert decoded(unfold(frm).split(" <")[0]) == "Ren\u00e9e Dupr\u00e9"
+    addrs = email.utils.getaddresses([unfold(to)])
+    assert [a for _, a in addrs] == ["hans@x.test", "plain@x.test", "o@x.test"]
+    assert decoded(addrs[0][0]) == "M\u00fcller, Hans"
+
+
+@pytest.mark.parametrize(
+    ("header", "code", "says"),
+    [
+        (
+            ("Subject", "Caf\udce9"),
+            "eight_bit",
+            "the Subject header holds bytes that are not UTF-8",
+        ),
+        (("To", "Ren\u00e9e <ren\u00e9e@x.test>"), "eight_bit", "non-ASCII address"),
+        (("To", "ren\u00e9e@x.test"), "eight_bit", "SMTPUTF8"),
+        (("Date", "Mon, 23 Nov 2026 \u00e9"), "eight_bit", "structured header"),
+        (("Content-Type", 'text/plain; name="\u00e9.txt"'), "eight_bit", "RFC 2231"),
+        (("X-Token", "x" * 1200), "too_long", "no whitespace to fold at"),
+        (("To", "a@x.test, " + "b" * 1100 + "@x.test"), "too_long", "the To header"),
+    ],
+)
+def test_what_cannot_be_repaired_names_the_header(
+    header: tuple[str, str], code: str, says: str
+) -> None:
+    r = repair_headers([header], smtputf8=False, enabled=True)
+    assert r.changes == ()
+    assert [(p.code, p.name) for p in r.problems] == [(code, header[0])]
+    assert says in r.problems[0].text
+    assert r.headers == (header,)
+
+
+def test_a_long_address_list_is_refolded_one_address_per_line() -> None:
+    addrs = [
+        f"Recipient Number {i:02d} <recipient.number.{i:02d}@remote-mail.example>"
+        for i in range(30)
+    ]
+    value = ", ".join(addrs)
+    assert len(value) > 1800
+    r = repair_headers([("To", value)], smtputf8=False, enabled=True)
+    (change,) = r.changes
+    assert change.kinds == ("refolded",)
+    lines = f"To: {change.value}".split("\n")
+    assert len(lines) == 30 and all(len(line) <= MAX_LINE for line in lines)
+    assert [a for _, a in email.utils.getaddresses([unfold(change.value)])] == [
+        f"recipient.number.{i:02d}@remote-mail.example" for i in range(30)
+    ]
+
+
+def test_unstructured_text_is_refolded_at_whitespace_keeping_every_character() -> None:
+    value = "word " * 300 + "end"
+    folded = refold("Subject", value)
+    assert folded is not None
+    assert all(len(line) <= 78 for line in f"Subject: {folded}".split("\n"))
+    assert folded.replace("\n", "") == value
+
+
+def test_encoded_and_refolded_together() -> None:
+    r = repair_headers([("Subject", "\u00e9t\u00e9 " * 200)], smtputf8=False, enabled=True)
+    (change,) = r.changes
+    assert change.kinds == ("encoded",)  # encoded words are folded as they are made
+    assert all(len(line) <= MAX_LINE for line in change.value.split("\n"))
+
+
+def test_repair_off_refuses_as_before_and_smtputf8_needs_no_encoding() -> None:
+    off = repair_headers(
+        [("Subject", "caf\u00e9"), ("X-A", "a " * 600)], smtputf8=False, enabled=False
+    )
+    assert [p.code for p in off.problems] == ["eight_bit", "too_long"] and off.changes == ()
+    utf8 = repair_headers([("Subject", "caf\u00e9")], smtputf8=True, enabled=True)
+    assert utf8.changes == () and utf8.problems == ()
+
+
+def test_headers_to_be_removed_are_neither_repaired_nor_judged() -> None:
+    r = repair_headers(
+        [("X-Originating-IP", "\u00e9")], smtputf8=False, enabled=True, skip=["x-originating-ip"]
+    )
+    assert r.changes == () and r.problems == ()
+
+
+# ---- through the engine ---------------------------------------------------------------------
+
+
+def test_the_from_parser_judges_the_repaired_from_and_the_plan_replaces_in_place() -> None:
+    v = run(
+        ("From", "Ren\u00e9e Dupr\u00e9 <alice@example.com>"),
+        ("Subject", "r\u00e9sum\u00e9 \u65e5\u672c"),
+        ("Subject", "second"),
+    )
+    assert v.from_address == "alice@example.com"
+    keys = [r.key for r in v.reasons]
+    assert keys == ["headers.duplicate", "headers.encoded", "headers.encoded"]
+    v = run(
+        ("From", "Ren\u00e9e Dupr\u00e9 <alice@example.com>"),
+        ("X-Originating-IP", "[10.0.0.1]"),
+        ("Subject", "r\u00e9sum\u00e9 \u65e5\u672c"),
+    )
+    assert v.action == Action.ACCEPT
+    assert [(r.key, r.detail) for r in v.reasons] == [
+        ("headers.encoded", "From"),
+        ("headers.encoded", "Subject"),
+    ]
+    assert "repaired the Subject header" in v.reasons[1].text
+    ops = [(e.op, e.name, e.index) for e in v.edits]
+    assert ops[:3] == [
+        ("replace", "From", 1),
+        ("replace", "Subject", 1),
+        ("remove", "X-Originating-IP", 1),
+    ]
+    leaving = headers_after(
+        [*BASE, ("From", "x"), ("X-Originating-IP", "1"), ("Subject", "s")], v.edits
+    )
+    assert [n for n, _ in leaving][:4] == ["Date", "Message-ID", "From", "Subject"]
+    assert decoded(unfold(dict(leaving)["Subject"])) == "r\u00e9sum\u00e9 \u65e5\u672c"
+
+
+def test_a_latin1_subject_is_refused_naming_the_subject() -> None:
+    v = run(("From", "alice@example.com"), ("Subject", "Caf\udce9"))
+    assert v.action == Action.REJECT
+    assert [r.key for r in v.reasons] == ["headers.eight_bit"]
+    assert (
+        v.reply() is not None
+        and "the Subject header holds bytes that are not UTF-8" in v.reply()[2]
+    )  # type: ignore[index]
+
+
+def test_a_latin1_from_is_refused_with_the_repair_text_not_an_address_text() -> None:
+    v = run(("From", "Ren\udce9e <alice@example.com>"))
+    assert [r.key for r in v.reasons] == ["from_domain.unreadable"]
+    assert v.reasons[0].text.startswith("the From header holds bytes that are not UTF-8")
+
+
+def test_rejected_mail_gets_no_repair_edits() -> None:
+    v = run(("From", "alice@example.com"), ("Subject", "caf\u00e9"), ("Subject", "x"))
+    assert v.action == Action.REJECT and v.edits == ()
+
+
+# ---- Sender, Resent-From, Resent-Sender ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "codes"),
+    [
+        (("Sender", "news@example.com"), []),
+        (("Sender", "Alice <alice@example.com>"), []),
+        (("Resent-From", "news@example.com"), []),
+        (("Resent-Sender", "alice@example.com"), []),
+        (("Sender", "CEO <ceo@example.com>"), ["identity.sender_not_allowed"]),
+        (("Resent-From", "ceo@example.com"), ["identity.sender_not_allowed"]),
+        (("Resent-Sender", "ceo@example.com"), ["identity.sender_not_allowed"]),
+        (("Sender", "x@elsewhere.test"), ["identity.sender_not_hosted"]),
+        (("Sender", "news@example.com, alice@example.com"), ["identity.sender_unreadable"]),
+        (("Resent-From", '"ceo@example.com" <alice@example.com>'), ["identity.sender_unreadable"]),
+    ],
+)
+def test_from_like_headers_are_held_to_froms_rules(
+    header: tuple[str, str], codes: list[str]
+) -> None:
+    v = run(("From", "alice@example.com"), header)
+    assert [r.key for r in v.reasons] == codes
+    assert v.action == (Action.REJECT if codes else Action.ACCEPT)
+    for r in v.reasons:
+        assert header[0] in r.text
+
+
+def test_a_sender_must_align_with_the_envelope_sender() -> None:
+    policy = Policy(
+        domains={"example.com": DomainPolicy(), "example.org": DomainPolicy()},
+        users={"alice@example.com": UserPolicy(send_as=["*@example.com", "*@example.org"])},
+        outbound=["sasl"],
+    )
+    v = run(("From", "alice@example.com"), ("Sender", "alice@example.org"), policy=policy)
+    assert [r.key for r in v.reasons] == ["identity.sender_misaligned"]
+
+
+def test_header_address_names_its_header() -> None:
+    assert header_address("Sender", ["a@x.test, b@x.test"]).problem.startswith("the Sender header")
+    assert header_address("Sender", ["Bob <bob@x.test>"]).address == "bob@x.test"
+
+
+# ---- strip_client_received -------------------------------------------------------------------
+
+
+def test_strip_client_received_removes_the_clients_trace_every_copy() -> None:
+    policy = POLICY.model_copy(update={"headers": HeadersSection(strip_client_received=True)})
+    trace = (
+        ("Received", "from [192.168.1.20] by webmail"),
+        ("X-Forwarded-For", "203.0.113.7"),
+        ("Received", "from laptop ([10.0.0.5])"),
+        ("X-Sender-IP", "203.0.113.7"),
+        ("X-Originating-IP", "[203.0.113.7]"),
+        ("X-Keep", "1"),
+    )
+    v = run(("From", "alice@example.com"), *trace, policy=policy)
+    assert v.action == Action.ACCEPT
+    assert [e for e in v.edits if e.op == "remove"] == [
+        HeaderEdit("remove", "X-Originating-IP", 1),
+        HeaderEdit("remove", "Received", 2),
+        HeaderEdit("remove", "Received", 1),
+        HeaderEdit("remove", "X-Forwarded-For", 1),
+        HeaderEdit("remove", "X-Sender-IP", 1),
+    ]
+    leaving = headers_after([*BASE, ("From", "alice@example.com"), *trace], v.edits)
+    assert [n for n, _ in leaving] == ["Date", "Message-ID", "From", "X-Keep"]
+    default = run(("From", "alice@example.com"), *trace)
+    assert {e.name for e in default.edits if e.op == "remove"} == {"X-Originating-IP"}
