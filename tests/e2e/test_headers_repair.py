@@ -253,3 +253,22 @@ def test_the_clients_trace_is_stripped(stack: Stack) -> None:
     assert not any("(Postfix)" in r for r in received), received
     assert b"203.0.113.7" not in got
     assert_verifies(stack, got)
+
+
+def test_the_second_copy_of_a_header_is_repaired_in_its_place(stack: Stack) -> None:
+    # chgheader's index counts copies of one name; removals of other names do not move it.
+    raw = message(
+        "repair-second",
+        extra="Comments: first\nX-Originating-IP: [203.0.113.9]\nX-Between: 1\n"
+        "Comments: zweite \u00c4nderung\nX-After: 2\n",
+    )
+    code, text, _ = send(stack, raw)
+    assert code == 250, text
+    got = arrived(stack, "repair-second")
+    msg = message_from_bytes(got)
+    names = [n for n in msg if n in ("Comments", "X-Between", "X-After", "X-Originating-IP")]
+    assert names == ["Comments", "X-Between", "Comments", "X-After"]
+    first, second = msg.get_all("Comments")
+    assert first == "first"
+    assert str(second).isascii() and decoded(str(second)) == "zweite \u00c4nderung"
+    assert_verifies(stack, got)

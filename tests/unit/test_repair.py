@@ -4,6 +4,7 @@ trace stripped on request."""
 
 from __future__ import annotations
 
+import email.errors
 import email.header
 import email.utils
 from datetime import UTC, datetime
@@ -16,12 +17,15 @@ from postwarden.policy.address import header_address, header_from
 from postwarden.policy.hygiene import headers_after
 from postwarden.policy.model import HeaderEdit
 from postwarden.policy.repair import (
+    ADDRESS_HEADERS,
     MAX_LINE,
     encode_unstructured,
     encode_words,
+    long_line,
     refold,
     repair_headers,
 )
+from tests.helpers import SHARED
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 POLICY = Policy(
@@ -320,3 +324,128 @@ def test_strip_client_received_removes_the_clients_trace_every_copy() -> None:
     assert [n for n, _ in leaving] == ["Date", "Message-ID", "From", "X-Keep"]
     default = run(("From", "alice@example.com"), *trace)
     assert {e.name for e in default.edits if e.op == "remove"} == {"X-Originating-IP"}
+
+
+# ---- real, malformed mail: the corpus --------------------------------------------------------
+
+CORPUS = SHARED / "corpora" / "malformed-email"
+
+
+def milter_headers(raw: bytes) -> list[tuple[str, str]]:
+    """The header as pymilter hands it over: valid UTF-8 as characters, other bytes as
+    surrogate escapes, continuation lines joined with LF."""
+    head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    out: list[tuple[str, str]] = []
+    for line in head.split(b"\n"):
+        text = line.decode("utf-8", "surrogateescape")
+        if text[:1] in (" ", "\t") and out:
+            out[-1] = (out[-1][0], out[-1][1] + "\n" + text)
+        elif ":" in text:
+            name, _, value = text.partition(":")
+            out.append((name.strip(), value.lstrip(" \t")))
+    return out
+
+
+def test_every_corpus_header_is_repaired_to_ascii_lines_once_and_keeps_its_addresses() -> None:
+    files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and "LICENSE" not in p.name)
+    assert len(files) >= 120, f"the corpus is missing or short: {len(files)} files in {CORPUS}"
+    changed = 0
+    for path in files:
+        headers = milter_headers(path.read_bytes())
+        r = repair_headers(headers, smtputf8=False, enabled=True)
+        assert len(r.headers) == len(headers), path
+        for change in r.changes:
+            changed += 1
+            assert change.value.isascii(), (path, change)
+            assert not long_line(change.name, change.value), (path, change.name)
+            if change.name.lower() in ("from", "to", "cc", "reply-to", "sender"):
+                before = [v for n, v in headers if n == change.name][change.index - 1]
+                assert [a for _, a in email.utils.getaddresses([unfold(before)])] == [
+                    a for _, a in email.utils.getaddresses([unfold(change.value)])
+                ], (path, change.name)
+        # Idempotent: what was repaired needs no second repair, and no new problem appears.
+        again = repair_headers(r.headers, smtputf8=False, enabled=True)
+        assert again.changes == (), (path, again.changes)
+        assert again.problems == r.problems, path
+    assert changed == 0  # real mail here holds no raw UTF-8 or long lines: nothing to repair
+
+
+def test_corpus_encoded_words_written_raw_as_php_mail_would_are_repaired_reading_the_same() -> None:
+    files = sorted(p for p in CORPUS.rglob("*") if p.is_file() and "LICENSE" not in p.name)
+    assert len(files) >= 120, f"the corpus is missing or short: {len(files)} files in {CORPUS}"
+    checked = 0
+    for path in files:
+        for name, value in milter_headers(path.read_bytes()):
+            if "=?" not in value or not value.isascii():
+                continue
+            try:
+                text = decoded(unfold(value))
+            except (UnicodeError, LookupError, email.errors.HeaderParseError):
+                continue
+            if text.isascii() or any(ord(c) < 32 for c in text):
+                continue
+            r = repair_headers([(name, text)], smtputf8=False, enabled=True)
+            assert r.problems == (), (path, name, r.problems)
+            (change,) = r.changes
+            assert change.value.isascii() and not long_line(name, change.value)
+            if name.lower() in ADDRESS_HEADERS:
+                got = email.utils.getaddresses([unfold(change.value)])
+                assert [(decoded(n), a) for n, a in got] == email.utils.getaddresses([text])
+            else:
+                assert decoded(unfold(change.value)) == text, (path, name)
+            checked += 1
+    assert checked >= 9
+
+
+def test_a_display_name_beside_an_encoded_word_keeps_it() -> None:
+    r = repair_headers(
+        [("To", "=?utf-8?q?Ren=C3=A9e?= Dupr\u00e9 <r@x.test>")], smtputf8=False, enabled=True
+    )
+    (change,) = r.changes
+    ((name, addr),) = email.utils.getaddresses([unfold(change.value)])
+    assert (decoded(name), addr) == ("Ren\u00e9e Dupr\u00e9", "r@x.test")
+
+
+def test_address_headers_beyond_the_usual_are_never_encoded_as_text() -> None:
+    r = repair_headers([("Return-Receipt-To", "r\u00e9@x.test")], smtputf8=False, enabled=True)
+    assert r.changes == () and [p.code for p in r.problems] == ["eight_bit"]
+
+
+class Recorder:
+    """A stand-in for the libmilter calls, recording them in order (unit test only; the e2e
+    tests show a real Postfix doing the same)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def chgheader(self, field: str, idx: int, value: str | None) -> None:
+        self.calls.append(("chgheader", field, idx, value))
+
+    def addheader(self, field: str, value: str, idx: int = -1) -> None:
+        self.calls.append(("addheader", field, idx))
+
+    def replacebody(self, chunk: bytes) -> None:
+        self.calls.append(("replacebody",))
+
+    def quarantine(self, reason: str) -> None:
+        self.calls.append(("quarantine",))
+
+    def setreply(self, rcode: str, xcode: str, *msg: str) -> None:
+        self.calls.append(("setreply",))
+
+
+def test_postfix_is_told_each_repair_in_place_before_any_removal() -> None:
+    from postwarden.milter.effects import Prepared, tell_postfix
+
+    v = run(
+        ("From", "alice@example.com"),
+        ("X-Originating-IP", "[10.0.0.1]"),
+        ("Comments", "a"),
+        ("Comments", "b\u00e9"),
+    )
+    io = Recorder()
+    tell_postfix(v, Prepared(list(v.edits), None, []), io)
+    assert io.calls == [
+        ("chgheader", "Comments", 2, "=?utf-8?q?b=C3=A9?="),
+        ("chgheader", "X-Originating-IP", 1, None),
+    ]

@@ -43,6 +43,15 @@ ADDRESS_HEADERS = frozenset(
         "resent-cc",
         "resent-bcc",
         "disposition-notification-to",
+        "return-receipt-to",
+        "errors-to",
+        "mail-followup-to",
+        "mail-reply-to",
+        "apparently-to",
+        "delivered-to",
+        "x-original-to",
+        "x-envelope-to",
+        "x-envelope-from",
     }
 )
 # Structured headers: their syntax has no place for an encoded word.
@@ -252,8 +261,12 @@ def encode_address_list(value: str) -> tuple[str, str]:
         if ":" in name or "(" in name:
             return "", "non-ASCII text in a group name or comment"
         lead = part[: len(part) - len(part.lstrip())]
-        words = encode_words(_unquote(name))
-        out.append(lead + "\n ".join(words) + " " + part[lt:])
+        if "=?" in name and not name.startswith('"'):
+            # Encoded words the sender wrote stay as they are: only the raw words are encoded.
+            encoded = encode_unstructured(name)
+        else:
+            encoded = "\n ".join(encode_words(_unquote(name)))
+        out.append(lead + encoded + " " + part[lt:])
     return ",".join(out), ""
 
 
