@@ -14,6 +14,7 @@ from email import message_from_bytes
 import pytest
 
 from postwarden.config import load_config
+from postwarden.tui.screens import decision_detail
 from tests.dkim_verify import dkimpy_results, opendkim_results, records_for, signature_tags
 from tests.e2e.conftest import Stack, module_stack
 
@@ -127,6 +128,10 @@ def test_raw_utf8_subject_and_display_name_arrive_encoded_reading_the_same(stack
     assert reason_keys(row) == ["headers.encoded"] * 3  # From, To and Subject
     log = stack.sandbox.milter_log.read_text()
     assert any(qid in line and "headers.encoded" in line for line in log.splitlines())
+    # The TUI's decision view shows each repair (the row read back from the real database).
+    shown = decision_detail(row).plain
+    for header in ("From", "To", "Subject"):
+        assert f"headers.encoded (accept) repaired the {header} header" in shown
 
 
 def test_an_unfolded_1800_octet_to_arrives_refolded_every_address_kept(stack: Stack) -> None:
