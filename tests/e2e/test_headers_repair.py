@@ -277,3 +277,18 @@ def test_the_second_copy_of_a_header_is_repaired_in_its_place(stack: Stack) -> N
     assert first == "first"
     assert str(second).isascii() and decoded(str(second)) == "zweite \u00c4nderung"
     assert_verifies(stack, got)
+
+
+def test_headers_postfix_adds_for_sendmail_mail_are_under_the_oversigned_signature(
+    stack: Stack,
+) -> None:
+    # No To, Date or Message-ID, and a raw UTF-8 Subject (smtputf8_autodetect_classes = verify,
+    # from the shipped snippet, keeps Postfix from marking it SMTPUTF8-only). Postfix adds what
+    # it adds before the milter sees the message, so the oversigned headers still verify.
+    raw = b"From: contact@example.com\nSubject: oversign-sendmail \xc3\xa9t\xc3\xa9\n\nhello\n"
+    sb = stack.sandbox
+    assert sb.sendmail(raw, "contact@example.com", ["x@remote.test"]).returncode == 0
+    sb.kick_pickup()
+    got = arrived(stack, "oversign-sendmail")
+    assert decoded(message_from_bytes(got)["Subject"]) == "oversign-sendmail \u00e9t\u00e9"
+    assert_verifies(stack, got)
