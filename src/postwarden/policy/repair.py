@@ -28,6 +28,9 @@ from dataclasses import dataclass
 MAX_LINE = 998  # octets, RFC 5322 2.1.1, without the CRLF
 FOLD_TO = 78  # the line length RFC 5322 asks for, where whitespace allows
 MAX_WORD = 75  # RFC 2047: an encoded word is at most 75 characters
+# The longest value encoded, in characters: a real Subject or display name is far shorter, and
+# encoding is linear but per character (16,384 take well under 0.1 s).
+MAX_ENCODE = 16384
 
 ADDRESS_HEADERS = frozenset(
     {
@@ -278,20 +281,23 @@ def _fold_at_whitespace(first_prefix: int, text: str) -> str | None:
     octets where a word allows, never over MAX_LINE; None when some word alone is too long."""
     tokens = _WORDS.findall(text)
     lines: list[str] = []
-    line = ""
+    line: list[str] = []
+    words = 0  # words on this line
     size = first_prefix
     for i, token in enumerate(tokens):
         n = _octets(token)
-        if token[0] in " \t" and line.strip() and i + 1 < len(tokens):
+        blank = token[0] in " \t"
+        if blank and words and i + 1 < len(tokens):
             nxt = _octets(tokens[i + 1])
             if size + n + nxt > FOLD_TO:
-                lines.append(line)
-                line, size = "", 0
-        line += token
+                lines.append("".join(line))
+                line, size, words = [], 0, 0
+        line.append(token)
+        words += not blank
         size += n
         if size > MAX_LINE:
             return None
-    lines.append(line)
+    lines.append("".join(line))
     return "\n".join(lines)
 
 
@@ -366,6 +372,16 @@ def repair_headers(
                         name,
                         "bytes that are not UTF-8 (Latin-1 or another 8-bit charset): encode"
                         " it as RFC 2047 encoded words in its charset, or send it as UTF-8",
+                    )
+                )
+                out.append((name, value))
+                continue
+            if enabled and len(value) > MAX_ENCODE:
+                problems.append(
+                    _eight_bit_problem(
+                        name,
+                        f"raw 8-bit text in {len(value):,} characters, more than postwarden"
+                        f" encodes ({MAX_ENCODE:,}): encode it (RFC 2047) or send with SMTPUTF8",
                     )
                 )
                 out.append((name, value))
