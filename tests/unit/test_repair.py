@@ -463,3 +463,11 @@ def test_encoding_is_bounded() -> None:
     assert r.changes and time.perf_counter() - started < 1
     huge = repair_headers([("Subject", "\u00e9" * 20000)], smtputf8=False, enabled=True)
     assert huge.changes == () and "more than postwarden encodes" in huge.problems[0].text
+
+
+def test_unfolding_removes_only_the_line_break() -> None:
+    r = repair_headers(
+        [("To", '"Ren\u00e9e\n Dupr\u00e9" <r@x.test>')], smtputf8=False, enabled=True
+    )
+    ((name, _),) = email.utils.getaddresses([unfold(r.changes[0].value)])
+    assert decoded(name) == "Ren\u00e9e Dupr\u00e9"

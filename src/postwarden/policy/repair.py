@@ -249,7 +249,7 @@ def _unquote(name: str) -> str:
 
 def encode_address_list(value: str) -> tuple[str, str]:
     """(the value with every non-ASCII display name encoded, "") or ("", why it cannot be)."""
-    parts = _split_top_level(_FOLD.sub(" ", value))
+    parts = _split_top_level(_FOLD.sub("", value))
     if parts is None:
         return "", "unbalanced quotes or brackets"
     out: list[str] = []
@@ -306,7 +306,7 @@ def refold(name: str, value: str) -> str | None:
     None when there is no place to fold."""
     prefix = _octets(name) + 2
     if name.lower() in ADDRESS_HEADERS:
-        parts = _split_top_level(_FOLD.sub(" ", value))
+        parts = _split_top_level(_FOLD.sub("", value))
         if parts is not None and len(parts) > 1:
             lines = []
             for i, part in enumerate(parts):
