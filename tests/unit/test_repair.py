@@ -471,3 +471,10 @@ def test_unfolding_removes_only_the_line_break() -> None:
     )
     ((name, _),) = email.utils.getaddresses([unfold(r.changes[0].value)])
     assert decoded(name) == "Ren\u00e9e Dupr\u00e9"
+
+
+def test_a_repaired_from_the_parser_still_refuses_says_it_was_encoded() -> None:
+    v = run(("From", '"Dupr\u00e9, Ren\u00e9e" <alice@example.com>'))
+    assert [r.key for r in v.reasons] == ["from_domain.unreadable"]
+    assert "once its raw UTF-8 display name was encoded (RFC 2047)" in v.reasons[0].text
+    assert "decodes to ','" in v.reasons[0].text
