@@ -60,6 +60,7 @@ class _Entity:
     default_type: str = "text/plain"
     in_headers: bool = True
     content_type_lines: list[bytes] = field(default_factory=list)
+    content_type_size: int = 0
     capturing: bool = False  # the header being read is the first Content-Type
     kind: str = ""  # "multipart", "message" or "leaf", once the headers are read
     boundary: bytes = b""
@@ -251,8 +252,8 @@ class MimeScanner:
             self._capture(entity, head[13:], long_line)
 
     def _capture(self, entity: _Entity, text: bytes, long_line: bool) -> None:
-        size = sum(len(x) for x in entity.content_type_lines) + len(text)
-        if long_line or size > MAX_CONTENT_TYPE:
+        entity.content_type_size += len(text)
+        if long_line or entity.content_type_size > MAX_CONTENT_TYPE:
             self.problem = (
                 f"a Content-Type header over {MAX_CONTENT_TYPE:,} characters: "
                 "send a plain MIME structure"
