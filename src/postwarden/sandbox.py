@@ -438,6 +438,7 @@ milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail
 milter_end_of_data_macros = i
 disable_mime_output_conversion = yes
 message_reject_characters = \\0
+smtputf8_autodetect_classes = verify
 """
 
 

@@ -58,7 +58,6 @@ NOT_BUILT = {
     "metrics",
     'domains."example.com".contact',
     'domains."example.com".streams',
-    "headers.repair",
     "feedback",
     "streams",
     "warmup",

@@ -43,18 +43,34 @@ def run(headers: tuple[tuple[str, str], ...], smtputf8: bool = False, policy: Po
         ((*BASE, ("X-Long", "x" * 995)), ["headers.too_long"]),
         ((*BASE, ("X-Long", "x" * 990)), []),
         ((*BASE, ("X-Folded", "x" * 900 + "\n\t" + "y" * 900)), []),  # each line under 998
-        ((*BASE, ("Subject", "caf��")), ["headers.eight_bit"]),  # raw UTF-8 bytes
+        ((*BASE, ("Subject", "caf\u00e9")), ["headers.encoded"]),  # raw UTF-8: repaired
+        ((*BASE, ("Subject", "caf\udce9")), ["headers.eight_bit"]),  # Latin-1 byte: refused
         ((*BASE, ("Subject", "=?utf-8?q?caf=C3=A9?=")), []),
+        ((*BASE, ("X-Long", "word " * 300)), ["headers.refolded"]),  # folded at whitespace
+        # At most once: every header RFC 5322 allows once.
+        ((*BASE, ("Sender", "a@example.com"), ("Sender", "a@example.com")), ["headers.duplicate"]),
+        ((*BASE, ("Reply-To", "a@x.test"), ("Reply-To", "b@x.test")), ["headers.duplicate"]),
+        ((*BASE, ("To", "a@x.test"), ("To", "b@x.test")), ["headers.duplicate"]),
+        ((*BASE, ("Cc", "a@x.test"), ("Cc", "b@x.test")), ["headers.duplicate"]),
+        ((*BASE, ("Bcc", "a@x.test"), ("Bcc", "b@x.test")), ["headers.duplicate"]),
+        ((*BASE, ("In-Reply-To", "<a@x>"), ("In-Reply-To", "<b@x>")), ["headers.duplicate"]),
+        ((*BASE, ("References", "<a@x>"), ("References", "<b@x>")), ["headers.duplicate"]),
+        ((*BASE, ("From", "a@example.com")), ["from_domain.unreadable"]),
+        # Fields that may repeat do.
+        ((*BASE, ("Received", "from a"), ("Received", "from b")), []),
+        ((*BASE, ("Comments", "a"), ("Comments", "b"), ("Keywords", "k"), ("Keywords", "l")), []),
     ],
 )
 def test_header_violations(headers: tuple[tuple[str, str], ...], codes: list[str]) -> None:
     v = run(headers)
     assert [r.key for r in v.reasons] == codes
-    assert v.action == (Action.REJECT if codes else Action.ACCEPT)
+    refused = [c for c in codes if c not in ("headers.encoded", "headers.refolded")]
+    assert v.action == (Action.REJECT if refused else Action.ACCEPT)
 
 
 def test_8bit_headers_are_fine_with_smtputf8() -> None:
-    assert run((*BASE, ("Subject", "caf��")), smtputf8=True).reasons == ()
+    assert run((*BASE, ("Subject", "caf\u00e9")), smtputf8=True).reasons == ()
+    assert run((*BASE, ("Subject", "caf\udce9")), smtputf8=True).reasons == ()
 
 
 def test_missing_required_header_not_added_is_a_violation() -> None:

@@ -244,6 +244,9 @@ class HeadersSection(Strict):
     add_missing: list[Literal["Date", "Message-ID"]] = ["Date", "Message-ID"]
     remove: list[str] = ["X-Originating-IP", "X-PHP-Originating-Script"]
     wrap_bare_html: bool = True
+    # ---- issue 14 (headers): repair instead of refusing; strip the client's trace ----
+    repair: bool = True
+    strip_client_received: bool = False  # an addition to the spec (config.md has no such key)
     on_violation: Action = "reject"
 
 

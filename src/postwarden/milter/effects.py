@@ -169,6 +169,9 @@ def tell_postfix(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
         for edit in prepared.edits:
             if edit.op == "remove":
                 io.chgheader(edit.name, edit.index, None)
+            elif edit.op == "replace":
+                # In place ([headers].repair); plan() puts these before any removal.
+                io.chgheader(edit.name, edit.index, edit.value)
             else:
                 io.addheader(edit.name, edit.value)
         if prepared.body is not None:

@@ -297,3 +297,15 @@ def _read(raw: str) -> FromResult:
     if [a.lower() for a in _python_reads(value)] != [addr.lower()]:
         return _fail(f"the From header {excerpt(value)} reads differently to another parser")
     return FromResult(address=addr, domain=domain.lower())
+
+
+# ---- issue 14: Sender, Resent-From and Resent-Sender are read as From is --------------------
+
+
+def header_address(name: str, values: list[str] | tuple[str, ...]) -> FromResult:
+    """The one address of a From-like header (`name`: Sender, Resent-From, Resent-Sender), read
+    by the same parser as From and held to the same grammar; problem texts name `name`."""
+    result = header_from(values)
+    if result.problem and name.lower() != "from":
+        return FromResult(problem=result.problem.replace("From header", f"{name} header"))
+    return result

@@ -13,7 +13,7 @@ from datetime import datetime
 from postwarden.config.models import Policy
 from postwarden.policy import checks as _checks  # noqa: F401  (registers every check)
 from postwarden.policy.address import FromResult, header_from
-from postwarden.policy.hygiene import header_edits
+from postwarden.policy.hygiene import header_edits, removed_names, repair_edits
 from postwarden.policy.model import (
     Action,
     Count,
@@ -28,6 +28,7 @@ from postwarden.policy.model import (
     WrapHtml,
 )
 from postwarden.policy.registry import checks
+from postwarden.policy.repair import Repairs, repair_headers
 from postwarden.policy.route import Route, route
 
 NO_FROM = FromResult(problem="not read")
@@ -43,6 +44,9 @@ class Context:
     hosted_domain: str | None
     rate: RateState = field(default_factory=RateState)
     prior: tuple[Reason, ...] = ()  # what the checks before this one found
+    # [headers].repair: what was repaired (facts.headers already hold the repaired values) and
+    # what could not be. Empty for inbound mail and notices.
+    repairs: Repairs = field(default_factory=lambda: Repairs(()))
 
     @property
     def identity(self) -> str:
@@ -68,6 +72,17 @@ def evaluate(
     ours = r.outbound and not facts.system_notice
     # Inbound mail and postwarden's own notices are passed before anything is parsed: a hostile
     # From on port 25 costs nothing.
+    repairs = Repairs(facts.headers)
+    if ours:
+        # Repaired before anything reads them: the From parser judges the From as it will leave.
+        repairs = repair_headers(
+            facts.headers,
+            smtputf8=facts.smtputf8,
+            enabled=policy.headers.repair,
+            skip=removed_names(policy),
+        )
+        if repairs.changes:
+            facts = replace(facts, headers=repairs.headers)
     parsed_from = header_from(facts.header_values("From")) if ours else NO_FROM
     hosted = policy.hosted_domain(parsed_from.domain) if parsed_from.domain else None
     ctx = Context(
@@ -78,6 +93,7 @@ def evaluate(
         header_from=parsed_from,
         hosted_domain=hosted,
         rate=rate or RateState(),
+        repairs=repairs,
     )
     reasons: list[Reason] = []
     for check in checks():
@@ -108,6 +124,7 @@ def plan(ctx: Context, verdict: Verdict) -> tuple[Effect, ...]:
     effects: list[Effect] = []
     leaves = action in (Action.ACCEPT, Action.QUARANTINE)
     if leaves and ctx.hosted_domain:
+        effects += repair_edits(ctx.repairs.changes)  # in place, before any removal
         effects += header_edits(facts, policy, ctx.now, verdict.from_domain)
         if policy.headers.wrap_bare_html:
             effects.append(WrapHtml())

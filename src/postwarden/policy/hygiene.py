@@ -8,13 +8,34 @@ from email.utils import format_datetime
 
 from postwarden.config.models import Policy
 from postwarden.policy.model import Facts, HeaderEdit
+from postwarden.policy.repair import Change
+
+# [headers].strip_client_received = true also removes these (every copy): the submission
+# client's own Received lines and the usual client-IP headers.
+CLIENT_TRACE = ("Received", "X-Originating-IP", "X-Forwarded-For", "X-Sender-IP")
+
+
+def removed_names(policy: Policy) -> list[str]:
+    """Every header name removed before signing, each once (case-insensitive)."""
+    names = list(policy.headers.remove)
+    if policy.headers.strip_client_received:
+        names += CLIENT_TRACE
+    out: dict[str, str] = {}
+    for name in names:
+        out.setdefault(name.lower(), name)
+    return list(out.values())
+
+
+def repair_edits(changes: tuple[Change, ...]) -> tuple[HeaderEdit, ...]:
+    """[headers].repair: each repaired header replaced in place (before any removal)."""
+    return tuple(HeaderEdit("replace", c.name, c.index, c.value) for c in changes)
 
 
 def header_edits(
     facts: Facts, policy: Policy, now: datetime, from_domain: str
 ) -> tuple[HeaderEdit, ...]:
     edits: list[HeaderEdit] = []
-    for name in policy.headers.remove:
+    for name in removed_names(policy):
         copies = len(facts.header_values(name))
         # Highest index first: Postfix renumbers the later copies after each deletion.
         edits += [HeaderEdit("remove", name, i) for i in range(copies, 0, -1)]
@@ -36,13 +57,16 @@ def headers_after(
     """The header list as it will leave, once `edits` are applied."""
     out = list(headers)
     for edit in edits:
-        if edit.op == "remove":
+        if edit.op in ("remove", "replace"):
             seen = 0
             for i, (name, _) in enumerate(out):
                 if name.lower() == edit.name.lower():
                     seen += 1
                     if seen == edit.index:
-                        del out[i]
+                        if edit.op == "remove":
+                            del out[i]
+                        else:
+                            out[i] = (name, edit.value)
                         break
         else:
             out.append((edit.name, edit.value))

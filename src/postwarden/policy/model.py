@@ -59,9 +59,10 @@ class Facts:
 @dataclass(frozen=True)
 class HeaderEdit:
     """One header change made before signing: remove the index-th (1-based) copy of `name`, or
-    add `name: value` at the end of the header."""
+    add `name: value` at the end of the header, or replace the index-th copy's value in place
+    ([headers].repair; chgheader's index is per name)."""
 
-    op: Literal["remove", "add"]
+    op: Literal["remove", "add", "replace"]
     name: str
     index: int = 0
     value: str = ""

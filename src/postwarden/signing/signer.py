@@ -13,7 +13,7 @@ from dkim.canonicalization import CanonicalizationPolicy
 from postwarden.config.keys import LoadedKey
 
 # The headers signed when present (dkimpy's list plus List-Unsubscribe-Post, RFC 8058), each
-# copy in message order; From is signed once more than it occurs, so none can be added.
+# copy in message order; the OVERSIGN ones once more than they occur.
 SIGN_HEADERS = frozenset(
     h.encode()
     for h in [
@@ -74,9 +74,43 @@ class _Collect:
         self.parts.append(data)
 
 
+# Oversigned (decisions.md, check 5): every header a receiver shows or acts on is named once
+# more than it occurs, present or not, so none can be added or prepended without breaking the
+# signature (a verifier matches an h= entry with no copy left against an empty header).
+OVERSIGN = tuple(
+    h.encode()
+    for h in [
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "list-id",
+        "list-help",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "list-subscribe",
+        "list-post",
+        "list-owner",
+        "list-archive",
+    ]
+)
+
+
+def _signed(name: bytes) -> bool:
+    # Every List-* header (RFC 2369, 2919, 8058 and any other) is signed when present.
+    return name in SIGN_HEADERS or name.startswith(b"list-")
+
+
 def signed_header_names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-    names = [name.lower() for name, _ in headers if name.lower() in SIGN_HEADERS]
-    return [*names, b"from"]
+    names = [name.lower() for name, _ in headers if _signed(name.lower())]
+    return [*names, *OVERSIGN]
 
 
 def sign(

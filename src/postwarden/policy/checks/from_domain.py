@@ -32,9 +32,21 @@ def check(ctx: Context) -> Iterator[Reason]:
     parsed = ctx.header_from
     if parsed.problem:
         # Ambiguity is never a pass, whatever unknown_from_domain says (decisions.md, check 2).
-        yield Reason(
-            NAME, "unreadable", Action.REJECT, f"{parsed.problem}: send with one From address"
-        )
+        # A From [headers].repair could not repair is refused with the repair's own text (what
+        # is wrong with its bytes and what to do), not as an address problem.
+        unrepaired = [p.text for p in ctx.repairs.problems if p.name.lower() == "from"]
+        repaired = any(c.name.lower() == "from" for c in ctx.repairs.changes)
+        if unrepaired:
+            text = unrepaired[0]
+        elif repaired:
+            # The sender wrote raw UTF-8, not the encoded-word the parser read: say so.
+            text = (
+                f"{parsed.problem}, once its raw UTF-8 display name was encoded (RFC 2047):"
+                ' write the display name without , ; : " @ < >, and one From address'
+            )
+        else:
+            text = f"{parsed.problem}: send with one From address"
+        yield Reason(NAME, "unreadable", Action.REJECT, text)
     elif ctx.hosted_domain is None:
         yield Reason(
             NAME,

@@ -3,7 +3,13 @@
 Config defaults: require = ["From", "Date", "Message-ID"], add_missing = ["Date",
 "Message-ID"] (added in the From domain, before signing), remove = ["X-Originating-IP",
 "X-PHP-Originating-Script"] (every copy: they leak the sender's address and scripts),
-on_violation = "reject". The edits themselves are made by the adapter from the verdict.
+on_violation = "reject". The edits themselves are made by milter/effects.py from the plan.
+
+repair = true: raw UTF-8 in a header sent without SMTPUTF8 is RFC 2047-encoded and a line over
+998 octets refolded, before signing (policy/repair.py); each repair is an accept reason, and
+what cannot be repaired is a violation that names the header. strip_client_received = false
+(an addition to the spec): when true, the client's own Received headers and X-Originating-IP,
+X-Forwarded-For and X-Sender-IP are removed too.
 """
 
 from __future__ import annotations
@@ -23,21 +29,36 @@ DEFAULTS: dict[str, object] = {
     "headers.add_missing": ["Date", "Message-ID"],
     "headers.remove": ["X-Originating-IP", "X-PHP-Originating-Script"],
     "headers.wrap_bare_html": True,
+    "headers.repair": True,
+    "headers.strip_client_received": False,
     "headers.on_violation": "reject",
 }
 CODES = {
     "missing": "a required header is missing and postwarden does not add it.",
-    "duplicate": "more than one Date, Subject or Message-ID header.",
-    "too_long": "a header line is over 998 octets (RFC 5322 2.1.1).",
-    "eight_bit": "a header holds raw 8-bit bytes and the client did not use SMTPUTF8.",
+    "duplicate": "more than one copy of a header RFC 5322 allows once: Sender, Reply-To, To, Cc, Bcc, Subject, Date, Message-ID, In-Reply-To or References (two From headers are from_domain.unreadable).",
+    "too_long": "a header line is over 998 octets (RFC 5322 2.1.1) and could not be refolded (no whitespace or comma to fold at, or [headers].repair = false).",
+    "eight_bit": "a header holds raw 8-bit bytes, the client did not use SMTPUTF8, and they could not be encoded: bytes that are not UTF-8 (Latin-1), non-ASCII in an address or a structured header, or [headers].repair = false.",
     "mime": "the body's MIME parts are nested deeper than postwarden reads (32 levels), or a Content-Type or boundary is oversized; always refused.",
+    "encoded": "repaired (accept): raw UTF-8 text in this header, sent without SMTPUTF8, was RFC 2047-encoded before signing ([headers].repair).",
+    "refolded": "repaired (accept): a line of this header over 998 octets was refolded at whitespace or between addresses before signing ([headers].repair).",
 }
-SINGLE = ("Date", "Subject", "Message-ID")
-MAX_LINE = 998
-
-
-def _octets(text: str) -> int:
-    return len(text.encode("utf-8", "surrogateescape"))
+# The headers RFC 5322 allows at most once (From is judged by from_domain: two are unreadable).
+SINGLE = (
+    "Sender",
+    "Reply-To",
+    "To",
+    "Cc",
+    "Bcc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+)
+REPAIRED = {
+    "encoded": "its raw UTF-8 text was encoded as RFC 2047 encoded words",
+    "refolded": "its line over 998 octets was refolded",
+}
 
 
 @register(NAME, order=25, codes=CODES, defaults=DEFAULTS)
@@ -60,25 +81,21 @@ def check(ctx: Context) -> Iterator[Reason]:
         n = len(facts.header_values(name))
         if n > 1:
             yield Reason(
-                NAME, "duplicate", action, f"the message has {n} {name} headers; it needs one"
+                NAME,
+                "duplicate",
+                action,
+                f"the message has {n} {name} headers; it may have one",
+                detail=name,
             )
-    for name, value in facts.headers:
-        lines = f"{name}: {value}".split("\n")
-        if any(_octets(line.rstrip("\r")) > MAX_LINE for line in lines):
+    # [headers].repair: what was repaired is said (accept), what could not be is a violation.
+    for change in ctx.repairs.changes:
+        for kind in change.kinds:
             yield Reason(
                 NAME,
-                "too_long",
-                action,
-                f"the {name} header has a line over {MAX_LINE} octets: fold it",
+                kind,
+                Action.ACCEPT,
+                f"repaired the {change.name} header: {REPAIRED[kind]}",
+                detail=change.name,
             )
-            break
-    if not facts.smtputf8:
-        for name, value in facts.headers:
-            if any(ord(c) > 127 for c in name + value):
-                yield Reason(
-                    NAME,
-                    "eight_bit",
-                    action,
-                    f"the {name} header holds raw 8-bit bytes: encode it (RFC 2047) or send with SMTPUTF8",
-                )
-                break
+    for problem in ctx.repairs.problems:
+        yield Reason(NAME, problem.code, action, problem.text, detail=problem.name)

@@ -8,8 +8,10 @@ sender let in by a network or daemon rule has no send_as rules: any hosted From.
 sender's domain must align with the From domain: the same organisational domain (relaxed, by
 the Public Suffix List, offline) or the same domain (strict). A null envelope sender (a bounce)
 is allowed. The envelope sender is held to send_as even when the From is not hosted (and
-[defaults].unknown_from_domain lets it through). Every violation is a reject: a forged sender is
-never worth holding.
+[defaults].unknown_from_domain lets it through). Sender, Resent-From and Resent-Sender, each copy
+present, are held to From's rules: one plain address, a hosted domain (else unknown_from_domain),
+one the identity may send as, aligned with the envelope sender. Every other violation is a
+reject: a forged sender is never worth holding.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from publicsuffixlist import PublicSuffixList
 
+from postwarden.policy.address import header_address
 from postwarden.policy.model import Action, Reason
 from postwarden.policy.registry import register
 from postwarden.policy.route import pattern_matches, send_as_patterns
@@ -35,7 +38,14 @@ CODES = {
     "not_allowed": "the sender may not send as the header From address.",
     "envelope_not_allowed": "the sender may not use this envelope sender (MAIL FROM).",
     "misaligned": "the envelope sender's domain does not align with the From domain.",
+    "sender_unreadable": "a Sender, Resent-From or Resent-Sender header does not hold exactly one plain address (read as From is).",
+    "sender_not_hosted": "the domain of a Sender, Resent-From or Resent-Sender address is not hosted; it gets [defaults].unknown_from_domain, as From does.",
+    "sender_not_allowed": "the sender may not send as the Sender, Resent-From or Resent-Sender address.",
+    "sender_misaligned": "the envelope sender's domain does not align with the Sender, Resent-From or Resent-Sender domain.",
 }
+# Shown by mail readers beside or instead of From ("ceo@example.com on behalf of Alice"): held
+# to From's rules, each copy (decisions.md, check 3).
+FROM_LIKE = ("Sender", "Resent-From", "Resent-Sender")
 _PSL = PublicSuffixList()  # bundled data: no network, no file outside the package
 
 
@@ -85,3 +95,55 @@ def check(ctx: Context) -> Iterator[Reason]:
                 f"MAIL FROM <{facts.mail_from}> does not align with From <{frm.address}>"
                 f" ({mode} alignment): use an envelope sender in {frm.domain}",
             )
+    yield from _from_like(ctx, rules)
+
+
+def _from_like(ctx: Context, rules: tuple[list[str], str] | None) -> Iterator[Reason]:
+    """Sender, Resent-From and Resent-Sender: one address, hosted, one the identity may send
+    as, aligned with the envelope sender."""
+    facts, policy = ctx.facts, ctx.policy
+    for name in FROM_LIKE:
+        for value in facts.header_values(name):
+            parsed = header_address(name, [value])
+            if parsed.problem:
+                yield Reason(
+                    NAME,
+                    "sender_unreadable",
+                    Action.REJECT,
+                    f"{parsed.problem}: send it with one address, or without a {name} header",
+                    detail=name,
+                )
+                continue
+            addr, domain = parsed.address, parsed.domain
+            if policy.hosted_domain(domain) is None:
+                yield Reason(
+                    NAME,
+                    "sender_not_hosted",
+                    Action.named(policy.defaults.unknown_from_domain),
+                    f"{name} <{addr}>: domain {domain} is not hosted on this server; use one of"
+                    f" its domains or drop the {name} header",
+                    detail=name,
+                )
+                continue
+            if rules is not None:
+                patterns, who = rules
+                if not any(pattern_matches(p, addr, ctx.route.login) for p in patterns):
+                    yield Reason(
+                        NAME,
+                        "sender_not_allowed",
+                        Action.REJECT,
+                        f"{name} <{addr}> is not an address {who} may send as",
+                        detail=name,
+                    )
+            if facts.mail_from:
+                mode = policy.defaults.alignment
+                envelope_domain = facts.mail_from.rpartition("@")[2].lower()
+                if not aligned(envelope_domain, domain, mode):
+                    yield Reason(
+                        NAME,
+                        "sender_misaligned",
+                        Action.REJECT,
+                        f"MAIL FROM <{facts.mail_from}> does not align with {name} <{addr}>"
+                        f" ({mode} alignment)",
+                        detail=name,
+                    )
