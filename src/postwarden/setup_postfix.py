@@ -48,6 +48,9 @@ MAIN_SETTINGS: dict[str, str] = {
     "smtp_line_length_limit": "0",
     # libmilter cuts a header value at a NUL: refuse such mail before any milter sees it
     "message_reject_characters": "\\0",
+    # sendmail(1) mail with raw UTF-8 headers: postwarden encodes them ([headers].repair);
+    # Postfix's default would already have marked such mail SMTPUTF8-only, and it would bounce.
+    "smtputf8_autodetect_classes": "verify",
 }
 
 SUBMISSION_OPTIONS: dict[str, str] = {
