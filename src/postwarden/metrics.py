@@ -43,6 +43,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     start_http_server,
 )
@@ -66,6 +67,9 @@ OTHER = "other"  # a label value outside the bounded set
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DNS_STATUSES = ("pass", "warn", "fail", "unknown")
 T = TypeVar("T")
+
+# No *_created series beside every counter: half the series, none of them used by the rules.
+disable_created_metrics()
 
 
 def known_reasons() -> frozenset[str]:
