@@ -299,16 +299,26 @@ class Collector(CollectorBase):
         self.in_flight = in_flight
         self.cache = cache or Cached(SCRAPE_CACHE_S)
 
-    def hold(self) -> HoldScan:
+    def snapshot(self) -> tuple[HoldScan, StoreView]:
+        """What Postfix and the database say, read together and cached together: one scrape
+        sees one moment, and a storm of scrapes reads them once per SCRAPE_CACHE_S."""
         cfg = self.config()
-        return self.cache.get("hold", lambda: scan_hold_queue(cfg, self.metrics.reason_label))
+        return self.cache.get(
+            "snapshot",
+            lambda: (
+                scan_hold_queue(cfg, self.metrics.reason_label),
+                read_store(cfg, datetime.now(UTC)),
+            ),
+        )
+
+    def hold(self) -> HoldScan:
+        return self.snapshot()[0]
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # computed at scrape time only: registering must not run postqueue
 
     def collect(self) -> Iterator[Metric]:
-        cfg = self.config()
-        scan = self.hold()
+        scan, view = self.snapshot()
         held = GaugeMetricFamily(
             "postwarden_held_messages",
             "Messages in Postfix's hold queue, by the reason postwarden held them",
@@ -346,7 +356,6 @@ class Collector(CollectorBase):
         yield GaugeMetricFamily(
             "postwarden_messages_in_flight", "Messages being decided now", value=self.in_flight()
         )
-        view = self.cache.get("store", lambda: read_store(cfg, datetime.now(UTC)))
         yield CounterMetricFamily(
             "postwarden_unlocks",
             "Senders unlocked by an admin (the audit trail)",
