@@ -64,7 +64,7 @@ bench-tui: install
 
 # ---- metrics (issue 20) ----
 # Decision time p50/p99 under a 20-session load, with and without a scraper on /metrics every
-# 0.1 s; its own section of docs/benchmarks.md (about 5 minutes: BENCH_REPS, BENCH_MESSAGES,
+# 0.1 s; its own section of docs/benchmarks.md (about 6 minutes: BENCH_REPS, BENCH_MESSAGES,
 # BENCH_SESSIONS, BENCH_SCRAPE_S).
 bench-metrics: install
 	$(BIN)/python bench/metrics.py

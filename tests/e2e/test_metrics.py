@@ -4,6 +4,8 @@ exactly once when a domain's SPF record breaks (the loopback DNS server)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -222,3 +224,25 @@ def test_a_broken_spf_record_is_mailed_to_the_admin_once(mstack: tuple[Stack, in
     text = scrape(port)
     assert value(text, "postwarden_dns_check_findings", domain="example.com", status="fail") >= 1
     assert value(text, "postwarden_dns_check_findings", domain="example.net", status="fail") == 0
+
+
+def test_reloads_are_counted_by_result(mstack: tuple[Stack, int]) -> None:
+    stack, port = mstack
+    bad = stack.config.parent / "policies" / "30-bad.toml"
+    bad.write_text("[rate]\nmessagse = []\n")
+    refused = pw(stack, "reload")  # the command refuses it without troubling the daemon
+    assert refused.returncode == 78, refused.stdout + refused.stderr
+    assert value(scrape(port), "postwarden_reloads_total", result="refused") == 0
+    assert stack.sandbox.milter_proc is not None
+    os.kill(stack.sandbox.milter_proc.pid, signal.SIGUSR1)  # as `kill -USR1` would, unchecked
+    assert stack.sandbox.wait_for(
+        lambda: value(scrape(port), "postwarden_reloads_total", result="refused") == 1, 10
+    )
+    text = scrape(port)
+    assert value(text, "postwarden_reload_last_ok") == 0
+    bad.unlink()
+    taken = pw(stack, "reload")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    text = scrape(port)
+    assert value(text, "postwarden_reloads_total", result="ok") == 1
+    assert value(text, "postwarden_reload_last_ok") == 1

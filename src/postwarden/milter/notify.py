@@ -1,4 +1,6 @@
-"""Lock alerts: mailed to [rate].notify from a thread of their own.
+"""Lock alerts, and the admin's other notices (AdminNotice: a domain's DNS changed, the hold
+queue grew, the writer lost rows), mailed to [rate].notify from a thread of their own, or at
+once by a command (Notifier.send_now).
 
 They are submitted by SMTP to Postfix's notice service on loopback, the master.cf entry
 `postwarden setup-postfix` adds (marked `-o syslog_name=postfix/postwarden-notice`): the shipped
