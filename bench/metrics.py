@@ -196,10 +196,12 @@ class MetricsBench:
                     f"  rep {rep}  {cond:<22}  p50 {row['p50']:.2f} ms  p99 {row['p99']:.2f} ms"
                     + (f"  {scraper.scrapes} scrapes" if scraper else "")
                 )
-        return {
-            cond: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-            for cond, rows in results.items()
-        }
+        out = {}
+        for cond, rows in results.items():
+            out[cond] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+            out[cond]["p99_min"] = min(r["p99"] for r in rows)
+            out[cond]["p99_max"] = max(r["p99"] for r in rows)
+        return out
 
 
 def section(summary: dict[str, dict[str, float]], took: float) -> str:
@@ -223,19 +225,26 @@ def section(summary: dict[str, dict[str, float]], took: float) -> str:
             " are read at most once per 15 s whatever the rate (the collector's cache). The whole"
             f" run took {took / 60:.1f} minutes.",
             "",
-            "| condition | decision p50 ms | decision p99 ms | load took s | scrapes | scrape ms (median) |",
-            "|---|---|---|---|---|---|",
+            "| condition | decision p50 ms | decision p99 ms | p99 min - max over the repetitions |"
+            " load took s | scrapes | scrape ms (median) |",
+            "|---|---|---|---|---|---|---|",
             *(
-                f"| {cond} | {r['p50']:.2f} | {r['p99']:.2f} | {r['seconds']:.1f} |"
-                f" {r['scrapes']:.0f} | {r['scrape_ms']:.2f} |"
+                f"| {cond} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p99_min']:.0f} - {r['p99_max']:.0f} |"
+                f" {r['seconds']:.1f} | {r['scrapes']:.0f} | {r['scrape_ms']:.2f} |"
                 for cond, r in summary.items()
             ),
             "",
             "Change in the decision time's p99 against no scraping (medians over the"
-            f" repetitions): {'; '.join(changes)}.",
+            f" repetitions): {'; '.join(changes)}. The machine's load average was"
+            f" {LOAD[0]:.1f} when the run began and {os.getloadavg()[0]:.1f} when it ended (2"
+            " cores, shared): compare a change with the spread of one condition's p99 over its"
+            " repetitions before reading anything into it.",
             "",
         ]
     )
+
+
+LOAD = os.getloadavg()
 
 
 def main() -> int:

@@ -541,7 +541,7 @@ class Watch:
         cfg = self.config()
         sent: list[AdminNotice] = []
         over = cfg.daemon.metrics.notify_held_over
-        scan = self.hold()
+        scan = self.hold() if over else HoldScan(ok=False)  # 0: never asks postqueue
         if over and scan.ok and scan.total > over and not self.held_alerted:
             self.held_alerted = True
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(scan.by_reason.items()))
