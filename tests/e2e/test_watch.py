@@ -3,20 +3,26 @@ when the hold queue passes [metrics].notify_held_over, through the real Postfix.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from postwarden.metrics import scrape_unix
 from tests.e2e.conftest import Stack, module_stack
 from tests.helpers import message
+from tests.unit.test_metrics import value
 
 
 @pytest.fixture(scope="module")
 def wstack() -> Iterator[Stack]:
     for s in module_stack("watch"):
         s.config.write_text(
-            s.config.read_text() + "\n[metrics]\nnotify_held_over = 2\nwatch_seconds = 1\n"
+            s.config.read_text()
+            + f'\n[metrics]\nlisten = "unix:{s.root / "run" / "metrics.sock"}"\n'
+            + "notify_held_over = 2\nwatch_seconds = 1\n"
         )
         s.start()
         yield s
@@ -55,3 +61,9 @@ def test_a_hold_queue_over_the_threshold_is_mailed_once(wstack: Stack) -> None:
     assert "postwarden quarantine list" in mail
     rows = [r for r in wstack.decisions() if str(r["subject"]) == subject]
     assert len(rows) == 1 and rows[0]["reasons"][0]["code"] == "notice"  # type: ignore[index]
+    # the same daemon serves /metrics on a unix socket (mode 0660)
+    sock = wstack.root / "run" / "metrics.sock"
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+    text = scrape_unix(str(sock))
+    assert value(text, "postwarden_decisions_total", action="quarantine") == 3
+    assert value(text, "postwarden_notices_sent_total") == 2  # the lock notice and this one

@@ -127,3 +127,37 @@ def test_the_dashboard_is_json_and_its_panels_name_exported_metrics(tmp_path: Pa
         "postwarden_dns_check_timestamp_seconds",
         "postwarden_decision_seconds",
     }
+
+
+def test_the_daily_dns_check_timer_and_its_service() -> None:
+    timer = (REPO / "deploy/postfix/postwarden-dns-check.timer").read_text()
+    service = (REPO / "deploy/postfix/postwarden-dns-check.service").read_text()
+    assert "OnCalendar=daily" in timer and "Persistent=true" in timer
+    assert "WantedBy=timers.target" in timer
+    assert "ExecStart=/opt/postwarden/bin/postwarden dns-check --notify-changes" in service
+    assert "Type=oneshot" in service and "User=postwarden" in service
+    assert "SuccessExitStatus=1" in service  # a failing domain is news, not a failed unit
+    build = (REPO / "deploy/debian/build.sh").read_text()
+    assert "postwarden-dns-check.service deploy/postfix/postwarden-dns-check.timer" in build
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # the only complaint allowed: the .deb's binary is not installed here
+        res = subprocess.run(
+            [
+                analyze,
+                "verify",
+                "--man=no",
+                "deploy/postfix/postwarden-dns-check.timer",
+                "deploy/postfix/postwarden-dns-check.service",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=REPO,
+        )
+        problems = [
+            line
+            for line in (res.stdout + res.stderr).splitlines()
+            if line.strip() and "/opt/postwarden/bin/postwarden is not executable" not in line
+        ]
+        assert problems == []
