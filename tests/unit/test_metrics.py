@@ -269,3 +269,27 @@ def test_the_watch_mails_once_per_crossing_and_once_per_loss(tmp_path: Path) -> 
     writer.failed = 1
     assert [n.subject for n in watch.look()] == ["postwarden: 1 decision rows lost"]
     assert len(notifier.told) == 4
+
+
+def test_dmarc_pass_share_and_own_dkim_failures_from_the_stored_reports(tmp_path: Path) -> None:
+    from postwarden.metrics import read_store
+    from postwarden.reports.summary import readiness
+    from tests.tui.seed import FROZEN
+    from tests.tui.seed_reports import seed_reports
+
+    cfg = load_config(seed_reports(tmp_path, "127.0.0.1:9"))
+    view = read_store(cfg, FROZEN)
+    ready = readiness(open_db(cfg.daemon.store.database), cfg, FROZEN)
+    assert set(view.dmarc) == {"example.com", "example.net"}
+    for domain, (messages, passed, own) in view.dmarc.items():
+        r = ready[domain]
+        assert (messages, passed, own) == (r.messages, r.passed, r.own_dkim_failures)
+    messages, passed, own = view.dmarc["example.com"]
+    assert own == 6  # one day's 3 DKIM failures of this server's own mail, in two reports
+    assert 0.9 < passed / messages < 1
+    m = Metrics()
+    m.registry.register(
+        Collector(lambda: cfg, FakeWriter(), FakeNotifier(), m, lambda: 0, Cached(15))  # type: ignore[arg-type]
+    )
+    text = generate_latest(m.registry).decode()  # now, not FROZEN: a share of what is in the window
+    assert "postwarden_dmarc_pass_ratio" in text
