@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
-APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
+APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl prometheus
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports clean deb
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports bench-metrics clean deb
 
 install: deps-apt venv
 
@@ -61,6 +61,13 @@ bench-dns: install
 # and the UI's worst stall; writes docs/tui-benchmark.md (about 30 seconds).
 bench-tui: install
 	$(BIN)/python bench/tui.py
+
+# ---- metrics (issue 20) ----
+# Decision time p50/p99 under a 20-session load, with and without a scraper on /metrics every
+# 0.1 s; its own section of docs/benchmarks.md (about 6 minutes: BENCH_REPS, BENCH_MESSAGES,
+# BENCH_SESSIONS, BENCH_SCRAPE_S).
+bench-metrics: install
+	$(BIN)/python bench/metrics.py
 
 # ---- deploy: the Debian package (deploy/debian/) ----
 # dist/postwarden_<version>_<arch>.deb: the venv under /opt/postwarden built here from wheels,

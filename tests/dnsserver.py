@@ -54,11 +54,18 @@ class LoopbackDNS:
     def __init__(self, zone: str, **kw: object) -> None:
         self.port = free_port()
         resolver = ZoneResolver(zone, **kw)  # type: ignore[arg-type]
+        self.resolver = resolver  # a test may change the zone between two runs (set_zone)
         quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
         self.servers = [
             DNSServer(resolver, port=self.port, address="127.0.0.1", logger=quiet),
             DNSServer(resolver, port=self.port, address="127.0.0.1", tcp=True, logger=quiet),
         ]
+
+    def set_zone(self, zone: str) -> None:
+        """Answer from `zone` from now on (a record that breaks between two runs)."""
+        rrs = RR.fromZone(zone)
+        self.resolver.names = {str(rr.rname).lower() for rr in rrs}
+        self.resolver.rrs = rrs
 
     @property
     def address(self) -> str:

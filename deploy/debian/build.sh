@@ -39,6 +39,9 @@ install -d "$STAGE/usr/bin" "$STAGE/lib/systemd/system" "$STAGE/usr/lib/tmpfiles
 ln -s /opt/postwarden/bin/postwarden "$STAGE/usr/bin/postwarden"
 install -m 0644 deploy/postfix/postwarden.service "$STAGE/lib/systemd/system/postwarden.service"
 install -m 0644 deploy/postfix/postwarden.tmpfiles.conf "$STAGE/usr/lib/tmpfiles.d/postwarden.conf"
+# metrics (issue 20): the daily dns-check that mails [rate].notify when a domain's DNS changes
+install -m 0644 deploy/postfix/postwarden-dns-check.service deploy/postfix/postwarden-dns-check.timer \
+  "$STAGE/lib/systemd/system/"
 install -m 0640 deploy/postfix/postwarden.toml "$STAGE/etc/postwarden/postwarden.toml"
 install -m 0640 deploy/postfix/00-defaults.toml "$STAGE/etc/postwarden/policies/00-defaults.toml"
 DOC=$STAGE/usr/share/doc/postwarden

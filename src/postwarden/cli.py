@@ -418,10 +418,50 @@ def cmd_dns_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EX_TEMPFAIL
+    if args.notify_changes:
+        mailed = _notify_dns_changes(cfg, report)
+        if mailed is None:
+            return EX_TEMPFAIL  # not recorded: the next run finds the same change again
     dnsdoctor.record(_db(cfg), report)
     # TXT records are whatever a DNS answer held: shown with their control characters escaped.
     print(report.as_json() if args.json else printable_lines(report.as_text()))
     return EX_FOUND if report.failed else EX_OK
+
+
+# ---- dns-check --notify-changes (issue 20): mail the admin when a domain's DNS changes ----------
+
+
+def _notify_dns_changes(cfg: Any, report: Any) -> int | None:
+    """Mail [rate].notify what changed since the last run: the number of changes mailed (0:
+    none), or None when the mail could not be sent (said on stderr)."""
+    import socket
+
+    from postwarden.dnsdoctor.changes import changes, notice
+    from postwarden.milter.notify import AdminNotice, NoticeNotSent, Notifier
+    from postwarden.store import daemon_state
+    from postwarden.store.metrics import last_known_dns
+
+    db = _db(cfg)
+    if not cfg.policy.rate.notify:
+        print("postwarden dns-check: [rate].notify is empty: nobody to mail", file=sys.stderr)
+        return 0
+    found = changes(last_known_dns(db), report)
+    if not found:
+        return 0
+    subject, body = notice(found, report.checked_at)
+    notifier = Notifier(
+        cfg.daemon.postfix.config_directory,
+        cfg.policy.rate.notify,
+        cfg.daemon.server.hostname or socket.getfqdn(),
+        daemon_state.notice_secret(db),
+    )
+    try:
+        notifier.send_now(AdminNotice(subject, body))
+    except NoticeNotSent as exc:
+        print(f"postwarden dns-check: the change was not mailed: {exc}", file=sys.stderr)
+        return None
+    print(f"mailed {', '.join(cfg.policy.rate.notify)}: {subject}", file=sys.stderr)
+    return len(found)
 
 
 # ---- reports (reports.md) ---------------------------------------------------------------------
@@ -646,6 +686,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("domains", nargs="*", metavar="DOMAIN")
     s.add_argument("--json", action="store_true", help="one JSON document")
+    s.add_argument(
+        "--notify-changes",
+        action="store_true",
+        help="mail [rate].notify when a domain's status changed since the last run, with the "
+        "fix (for the daily timer, deploy/postfix/postwarden-dns-check.timer); exit 75, and "
+        "nothing recorded, when the mail cannot be sent",
+    )
     s.set_defaults(fn=cmd_dns_check)
 
     s = sub.add_parser(

@@ -190,6 +190,35 @@ class DnsSection(Strict):
     timeout: float = Field(default=5.0, gt=0)
 
 
+# ---- [metrics] (issue 20): the Prometheus endpoint and the admin's mail without one ----------
+
+
+def _metrics_listen(text: str) -> str:
+    if text == "" or (text.startswith("unix:/") and len(text) > 6):
+        return text
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        host = "" if sep else host
+    if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        return text
+    raise ValueError(
+        f'"{text}" is not a metrics listener: use "ADDRESS:PORT" (e.g. "127.0.0.1:9617"),'
+        ' "unix:/absolute/path" or "" (off)'
+    )
+
+
+class MetricsSection(Strict):
+    listen: Annotated[str, AfterValidator(_metrics_listen)] = ""
+    # Added to the spec: mail [rate].notify when the hold queue holds more than this many
+    # messages (0 = never), and when the writer drops or fails rows; looked at every
+    # watch_seconds by the daemon, with or without `listen`.
+    notify_held_over: int = Field(default=1000, ge=0)
+    watch_seconds: int = Field(default=300, gt=0)
+
+
 class DaemonConfig(Strict):
     """postwarden.toml."""
 
@@ -200,6 +229,7 @@ class DaemonConfig(Strict):
     postfix: PostfixSection = PostfixSection()
     server: ServerSection = ServerSection()
     dns: DnsSection = DnsSection()
+    metrics: MetricsSection = MetricsSection()
 
 
 # ---- policy files ----------------------------------------------------------------------------

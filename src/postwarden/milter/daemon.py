@@ -30,6 +30,7 @@ import Milter
 from postwarden import EX_CONFIG, EX_TEMPFAIL
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import daemon_changes
+from postwarden.metrics import Collector, Endpoint, Watch, serve
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
@@ -113,6 +114,8 @@ class Daemon:
         )
         self.reload_seq = 0
         self.started_at = datetime.now(UTC).isoformat()
+        self.endpoint: Endpoint | None = None
+        self.watch: Watch | None = None
 
     # ---- reload --------------------------------------------------------------------------------
 
@@ -136,6 +139,7 @@ class Daemon:
                 self.runtime.policy.hash,
             )
             self._record_status(False, "\n".join(str(p) for p in exc.problems))
+            self.runtime.metrics.reloaded(False)
             return False
         for w in new.warnings:
             log.warning("%s", w)
@@ -153,7 +157,36 @@ class Daemon:
         else:
             log.info("reload: %s", message)
         self._record_status(True, message)
+        self.runtime.metrics.hosted(new.policy.domains)
+        self.runtime.metrics.reloaded(True)
         return True
+
+    # ---- metrics (issue 20): the endpoint and the watch, each in threads of their own ----------
+
+    def _start_metrics(self) -> None:
+        rt = self.runtime
+        collector = Collector(
+            lambda: rt.config, rt.writer, rt.notifier, rt.metrics, lambda: rt.in_flight
+        )
+        rt.metrics.registry.register(collector)
+        self.watch = Watch(lambda: rt.config, rt.writer, rt.notifier, collector.hold)
+        self.watch.start()
+        listen = self.config.daemon.metrics.listen
+        if not listen:
+            return
+        try:
+            self.endpoint = serve(listen, rt.metrics.registry)
+        except OSError as exc:
+            # Mail matters more than its metrics: the daemon serves on, and says so.
+            log.error("metrics: cannot listen on %s: %s; serving mail without it", listen, exc)
+            return
+        log.info("metrics on %s", listen)
+
+    def _stop_metrics(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+        if self.endpoint is not None:
+            self.endpoint.close()
 
     def _record_status(self, ok: bool, message: str) -> None:
         self.writer.submit(
@@ -210,6 +243,7 @@ class Daemon:
             target=_serve_libmilter, args=(failure,), name="libmilter", daemon=True
         )
         serving.start()
+        self._start_metrics()
         for sig in handled:
             signal.signal(sig, self._on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
@@ -244,6 +278,7 @@ class Daemon:
         return 0
 
     def _shutdown(self, pidfile: Path) -> None:
+        self._stop_metrics()
         self.writer.flush_and_stop()
         with contextlib.suppress(FileNotFoundError):
             if pidfile.read_text().strip() == str(os.getpid()):

@@ -1,4 +1,6 @@
-"""Lock alerts: mailed to [rate].notify from a thread of their own.
+"""Lock alerts, and the admin's other notices (AdminNotice: a domain's DNS changed, the hold
+queue grew, the writer lost rows), mailed to [rate].notify from a thread of their own, or at
+once by a command (Notifier.send_now).
 
 They are submitted by SMTP to Postfix's notice service, the master.cf entry `postwarden
 setup-postfix` adds (marked `-o syslog_name=postfix/postwarden-notice`): an smtpd on a
@@ -217,6 +219,15 @@ class LockEvent:
     when: str
 
 
+@dataclass(frozen=True)
+class AdminNotice:
+    """A notice to the admin that is not a lock: a domain's DNS changed, the hold queue grew,
+    the writer lost rows (issue 20)."""
+
+    subject: str
+    body: str
+
+
 class Notifier:
     def __init__(self, postfix_dir: str, recipients: list[str], hostname: str, secret: str) -> None:
         self.postfix_dir = postfix_dir
@@ -225,7 +236,7 @@ class Notifier:
         self.secret = secret
         self.sent = 0
         self.failed = 0
-        self._queue: queue.Queue[LockEvent] = queue.Queue()
+        self._queue: queue.Queue[LockEvent | AdminNotice] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="postwarden-notify", daemon=True)
         self._thread.start()
 
@@ -244,9 +255,6 @@ class Notifier:
         return f"postwarden <postmaster@{self.hostname}>"
 
     def message(self, event: LockEvent) -> bytes:
-        message_id = f"<{uuid.uuid4().hex}.postwarden@{self.hostname}>"
-        from_ = self.from_header()
-        token = notice_token(self.secret, message_id, int(time.time()), self.recipients, from_)
         body = (
             f"postwarden locked the sender {event.identity} at {event.when}:\n"
             f"it broke its cap of {event.cap} with message {event.queue_id}.\n\n"
@@ -256,10 +264,18 @@ class Notifier:
             f"  postwarden unlock {event.identity} --note 'password reset'\n"
             f"  postwarden quarantine release --sender {event.identity}  (if it was not)\n"
         )
+        return self.compose(f"postwarden: {event.identity} locked ({event.cap})", body)
+
+    def compose(self, subject: str, body: str) -> bytes:
+        """A notice to [rate].notify: the bound token makes it postwarden's own (never counted,
+        never held)."""
+        message_id = f"<{uuid.uuid4().hex}.postwarden@{self.hostname}>"
+        from_ = self.from_header()
+        token = notice_token(self.secret, message_id, int(time.time()), self.recipients, from_)
         headers = (
             f"From: {from_}\n"
             f"To: {', '.join(self.recipients)}\n"
-            f"Subject: postwarden: {event.identity} locked ({event.cap})\n"
+            f"Subject: {subject}\n"
             f"Date: {formatdate(localtime=False)}\n"
             f"Message-ID: {message_id}\n"
             f"{NOTICE_HEADER}: {token}\n"
@@ -267,15 +283,47 @@ class Notifier:
         )
         return (headers + "\n" + body).encode()
 
+    def submit(self, message: bytes) -> None:
+        """By SMTP to the notice service when master.cf has one, else sendmail(1)."""
+        service = notice_service(self.postfix_dir)
+        if service:
+            submit_smtp(service, self.recipients, message)
+        else:
+            submit_sendmail(self.postfix_dir, self.recipients, message)
+
+    # ---- admin notices (issue 20): DNS changes, the hold queue, the writer -------------------
+
+    def tell(self, notice: AdminNotice) -> None:
+        """Queue a notice to the admin (sent from the notifier's thread)."""
+        if not self.recipients:
+            log.warning("%s; [rate].notify is empty: nobody mailed", notice.subject)
+            return
+        self._queue.put(notice)
+
+    def send_now(self, notice: AdminNotice) -> None:
+        """Send in this thread (a command): raises NoticeNotSent."""
+        if not self.recipients:
+            raise NoticeNotSent("[rate].notify is empty: nobody to mail")
+        try:
+            self.submit(self.compose(notice.subject, notice.body))
+        except NoticeNotSent:
+            self.failed += 1
+            raise
+        self.sent += 1
+
     def _run(self) -> None:
         while True:
             event = self._queue.get()
-            service = notice_service(self.postfix_dir)
+            if isinstance(event, AdminNotice):
+                try:
+                    self.send_now(event)
+                except NoticeNotSent as exc:
+                    log.error("notice %r not sent: %s", event.subject, exc)
+                    continue
+                log.info("notice %r mailed to %s", event.subject, ", ".join(self.recipients))
+                continue
             try:
-                if service:
-                    submit_smtp(service, self.recipients, self.message(event))
-                else:
-                    submit_sendmail(self.postfix_dir, self.recipients, self.message(event))
+                self.submit(self.message(event))
             except NoticeNotSent as exc:
                 log.error(
                     "%s: lock notice for %s not sent: %s", event.queue_id, event.identity, exc

@@ -12,6 +12,7 @@ from typing import Any
 
 from postwarden.config import Config
 from postwarden.config.models import Policy
+from postwarden.metrics import Metrics
 from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier
 from postwarden.policy.model import Facts, Verdict
 from postwarden.signing import Signature
@@ -33,9 +34,12 @@ class Runtime:
     in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     guard: NoticeGuard = field(init=False)
+    # [metrics] (issue 20): counters raised once per decision in record(); gauges at scrape.
+    metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
         self.guard = NoticeGuard(self.notice_secret)
+        self.metrics.hosted(self.config.policy.domains)
 
     @property
     def policy(self) -> Policy:
@@ -105,6 +109,7 @@ class Runtime:
             "headers": header_block(facts.headers),
         }
         self.writer.insert("decisions", row)
+        self.metrics.observe(facts, verdict, duration_ms, signatures or [])
         log.info(readable(log_line(facts, verdict, duration_ms, signatures or [])))
 
 
