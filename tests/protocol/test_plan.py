@@ -279,3 +279,26 @@ def test_signing_is_never_done_inside_the_senders_rate_transaction(
         send(ctx, f"m{i}", f"Q{i}")
     assert held == [False, False, False]
     assert [len(r["signatures"]) for r in rows(rt)] == [1, 1, 1]  # type: ignore[arg-type]
+
+
+def test_the_notice_service_is_local_submission_and_other_unix_clients_are_not(
+    tmp_path: Path,
+) -> None:
+    """setup-postfix's notice service (an smtpd on a unix socket only group postdrop reaches)
+    names itself with {daemon_name}: its mail is decided as local mail; another unix-socket
+    smtpd client is not local."""
+    from postwarden.milter.notify import NOTICE_DAEMON_NAME
+
+    rt = _runtime(
+        tmp_path, policy=POLICY + '\n[local]\nsend_as = { "www-data" = ["alice@example.com"] }\n'
+    )
+    for daemon in (NOTICE_DAEMON_NAME, "smtpd-unix"):
+        ctx = Ctx()
+        ctx._setsymval("{daemon_name}", daemon)
+        ctx.connect(
+            ip="/var/spool/postfix/public/postwarden-notice", port=0, name="localhost", family=1
+        )
+        ctx.send(message(subject=daemon), "alice@example.com", "b@r.test", queue_id=daemon)
+    notice_path, other = rows(rt)
+    assert notice_path["identity"] == "local:www-data" and notice_path["outbound"] is True
+    assert other["outbound"] is False

@@ -100,8 +100,13 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
                 "daemon_name": self.getsymval("{daemon_name}") or "",
                 "hostname": self.getsymval("j") or "",
                 "helo": "",
-                "local": is_pickup(family, addr, port, hostname or ""),
+                "local": False,
             }
+            # Local submission: sendmail(1) through pickup, or the notice service (an smtpd on
+            # a unix socket in public/, which only group postdrop reaches; it names itself).
+            self.conn["local"] = is_pickup(family, addr, port, hostname or "") or (
+                self.conn["daemon_name"] == NOTICE_DAEMON_NAME and addr in ("", "127.0.0.1", "::1")
+            )
             log.debug(
                 "connect %s[%s]:%d family=%s local=%s daemon=%s",
                 hostname,
@@ -254,7 +259,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             mime_problem=mime_problem,
             # Asked once, at end-of-message: a notice's token is taken when it is seen.
             system_notice=final
-            and (local or self._notice_service())
+            and local
             and self.runtime.is_notice(self.headers, self.mail_from, self.rcpts),
             queue_id=queue_id,
             hostname=self.conn.get("hostname", ""),
@@ -271,12 +276,6 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             headers=tuple(self.headers),
             size=self.size,
         )
-
-    def _notice_service(self) -> bool:
-        """The loopback smtpd service lock notices are submitted to (setup-postfix adds it)."""
-        return self.conn.get("daemon_name") == NOTICE_DAEMON_NAME and self.conn.get(
-            "client_addr", ""
-        ) in ("127.0.0.1", "::1")
 
     def _error_verdict(
         self,
