@@ -57,12 +57,8 @@ NOT_BUILT = {
     "store.shared_password_file",
     "metrics",
     'domains."example.com".contact',
-    'domains."example.com".streams',
     "headers.repair",
     "feedback",
-    "streams",
-    "warmup",
-    "providers",
 }
 
 

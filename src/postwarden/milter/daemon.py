@@ -32,6 +32,7 @@ from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import daemon_changes
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
+from postwarden.milter.releaser import Releaser
 from postwarden.milter.runtime import Runtime
 from postwarden.store import daemon_state
 from postwarden.store.db import open_db
@@ -110,6 +111,8 @@ class Daemon:
         )
         self.reload_seq = 0
         self.started_at = datetime.now(UTC).isoformat()
+        # streams.md: releases paced and warm-up holds, under the policy in force.
+        self.releaser = Releaser(config.daemon.store.database, lambda: self.runtime.config)
 
     # ---- reload --------------------------------------------------------------------------------
 
@@ -207,6 +210,7 @@ class Daemon:
             target=_serve_libmilter, args=(failure,), name="libmilter", daemon=True
         )
         serving.start()
+        self.releaser.start()
         for sig in handled:
             signal.signal(sig, self._on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
@@ -234,6 +238,7 @@ class Daemon:
         return 0
 
     def _shutdown(self, pidfile: Path) -> None:
+        self.releaser.stop()
         self.writer.flush_and_stop()
         with contextlib.suppress(FileNotFoundError):
             if pidfile.read_text().strip() == str(os.getpid()):
