@@ -85,17 +85,28 @@ def configure_streams(stack: Stack, bulk_port: int) -> None:
         subprocess.run(["postconf", "-c", conf, "-P", f"smtp-bulk/unix/{key}={value}"], check=True)
 
 
-def streams_stack(name: str, extra_policy: str = "") -> Iterator[tuple[Stack, BulkSink]]:
+# Caps far above what the pacing tests send: they are about the pace, not the rate caps.
+WIDE_CAPS = {
+    'messages = ["30/minute", "500/hour", "2000/day"]': 'messages = ["5000/minute"]',
+    'recipients = ["200/minute", "5000/day"]': 'recipients = ["5000/minute"]',
+}
+
+
+def streams_stack(
+    name: str, extra_policy: str = "", demo_edits: dict[str, str] | None = None
+) -> Iterator[tuple[Stack, BulkSink]]:
     for s in module_stack(name, STREAMS_POLICY + extra_policy):
         policies = s.config.parent / "policies"
         demo = policies / "10-demo.toml"
-        demo.write_text(
-            demo.read_text().replace(
-                '[domains."example.com"]\n',
-                '[domains."example.com"]\nstreams = { bulk = "news.example.com" }\n',
-                1,
-            )
+        text = demo.read_text().replace(
+            '[domains."example.com"]\n',
+            '[domains."example.com"]\nstreams = { bulk = "news.example.com" }\n',
+            1,
         )
+        for old, new in (demo_edits or {}).items():
+            assert old in text, old
+            text = text.replace(old, new)
+        demo.write_text(text)
         write_key(policies / "keys/news.example.com/news2026.key")
         s.allow_local("app", ["news@news.example.com", "app@example.com"])
         bulk = BulkSink(s.root / "sink-bulk", free_port())
