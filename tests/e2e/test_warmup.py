@@ -5,7 +5,10 @@ releaser lets the 3 out, oldest first."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from email import message_from_bytes
 
@@ -35,6 +38,18 @@ def st() -> Iterator[tuple[Stack, BulkSink]]:
             os.environ.pop(TODAY_ENV, None)
         else:
             os.environ[TODAY_ENV] = old
+
+
+def cli(stack: Stack, *args: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "postwarden", "--config", str(stack.config), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
 
 
 def delivered(stack: Stack) -> list[str]:
@@ -79,6 +94,18 @@ def test_day_one_allows_five_to_gmail_and_the_rest_leave_the_next_day(
     )
     held = {q["queue_id"] for q in sb.queue() if q.get("queue_name") == "hold"}
     assert held == set(queue_ids[5:])
+
+    # quarantine list and senders say what waits and when it is due: day 2, 00:00 UTC.
+    listed = json.loads(cli(stack, "quarantine", "list", "--json"))["messages"]
+    assert [(m["queue_id"], m["paced"], m["due"]) for m in listed] == [
+        (q, "warmup", "2026-12-02T00:00:00+00:00") for q in queue_ids[5:]
+    ]
+    text = cli(stack, "quarantine", "list")
+    assert text.count("due 2026-12-02T00:00:00Z") == 3
+    senders = {s["identity"]: s for s in json.loads(cli(stack, "senders", "--json"))}
+    alice = senders["sasl:alice@example.com"]
+    assert (alice["paced"], alice["next_due"]) == (3, "2026-12-02T00:00:00+00:00")
+    assert "3 paced, next due 2026-12-02T00:00:00Z" in cli(stack, "senders")
 
     # The next schedule day: the daemon restarted on the test's clock lets the 3 go.
     sb.stop_milter()

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "control": 2,
     "keytools": 2,
     "policyedit": 2,
+    "schedule": 2,
     "cli": 3,
     "tui": 3,
     "demo": 3,

@@ -385,7 +385,7 @@ class QuarantineScreen(BaseScreen):
                         m.queue_id,
                         age(now - m.arrival_time),
                         m.identity or m.sender,
-                        ",".join(m.reasons),
+                        ",".join(m.reasons) + (f" due {m.due[11:19]}Z" if m.due else ""),
                         m.subject,
                         m.header_from,
                     ],
