@@ -763,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--screen",
-        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports"],
+        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports", "streams"],
         default="decisions",
         help="the screen to open on (default decisions)",
     )
