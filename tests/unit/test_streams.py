@@ -144,7 +144,7 @@ def test_choose_releases_one_paced_message_per_slot_and_never_past_n() -> None:
         w.queue_id for w in choose(rows, p, PaceState(0, 0.0), {}, date(2026, 12, 1), 5000)
     ] == ["Q0"]
     assert choose(rows, p, PaceState(1, 5000.0), {}, date(2026, 12, 1), 5000.5) == []
-    assert len(choose(rows, p, PaceState(1, 5000.0), {}, date(2026, 12, 1), 5000 + gap)) == 1
+    assert len(choose(rows, p, PaceState(1, 5000.0), {}, date(2026, 12, 1), 5000 + 9 * gap)) == 1
     assert choose(rows, p, PaceState(60, 5000.0), {}, date(2026, 12, 1), 5000 + 5 * gap) == []
 
 

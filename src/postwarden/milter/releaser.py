@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import threading
 import time
@@ -39,9 +40,16 @@ log = logging.getLogger("postwarden")
 IDLE_S = 1.0  # between rounds with nothing paced waiting
 ERROR_S = 5.0  # after a failed round
 # A scheduled queue id Postfix does not show in any queue this long after it was held is gone
-# (delivered after an admin's release, or deleted). Younger, it may still be on its way in.
-GRACE_S = 120.0
+# (delivered after an admin's release, or deleted). Younger, it may still be on its way in:
+# cleanup made its queue file before postwarden saw the message, but finishes it after.
+GRACE_S = 5.0
+WAIT_POSTFIX_S = 0.2  # before asking again for a message Postfix is still writing
 SWEEP_S = 30.0  # how often rows an admin released or deleted are dropped from the schedule
+
+
+# postsuper names each message it releases: "postsuper: 4B3C2D1E0F: released from hold".
+_RELEASED = re.compile(r"^postsuper: ([0-9A-Za-z]+): released from hold$", re.M)
+_RELEASED_TOTAL = re.compile(r"^postsuper: Released from hold: (\d+) messages?$", re.M)
 
 
 class ReleaseError(RuntimeError):
@@ -121,24 +129,43 @@ class Releaser:
         today = schedule_today(datetime.fromtimestamp(now, UTC))
         sent = pacing.sent_on(self.conn, today.isoformat())
         chosen = choose(rows, policy, PaceState(in_window, last), sent, today, now)
+        waiting_for_postfix = False
         if chosen:
-            queues = queue_names(config_dir)
-            gone = [w.queue_id for w in chosen if self._gone(w, queues.get(w.queue_id), now)]
-            if gone:
-                self._forget_gone(gone)
-                return 0.0
-            ready = [w for w in chosen if queues.get(w.queue_id) == "hold"]
-            if ready:
+            day = today.isoformat()
+            claims = [(w.queue_id, w.pace, w.charges) for w in chosen]
+            with pacing.transaction(self.conn):
+                pacing.claim(self.conn, claims, now, day)
+            released = self._release(config_dir, [w.queue_id for w in chosen])
+            missing = [w for w in chosen if w.queue_id not in released]
+            if missing:
+                # Not in the hold queue: not there yet (Postfix is still writing it), or an
+                # admin released or deleted it. Neither used the allowance.
+                queues = queue_names(config_dir)
+                old = [w for w in missing if self._gone(w, queues.get(w.queue_id), now)]
+                young = [w for w in missing if w not in old]
                 with pacing.transaction(self.conn):
-                    pacing.claim(
-                        self.conn,
-                        [(w.queue_id, w.pace, w.charges) for w in ready],
-                        now,
-                        today.isoformat(),
+                    for group, drop in ((young, False), (old, True)):
+                        pacing.unclaim(
+                            self.conn,
+                            [(w.queue_id, w.pace, w.charges) for w in group],
+                            now,
+                            day,
+                            drop,
+                        )
+                if old:
+                    log.info(
+                        "releaser: %s no longer held (released or deleted by hand): off the"
+                        " schedule",
+                        ", ".join(w.queue_id for w in old),
                     )
-                self._tell_postfix(config_dir, [w.queue_id for w in ready], queues)
-                if rate is not None and any(w.pace for w in ready):
+                waiting_for_postfix = bool(young)
+            if released:
+                with pacing.transaction(self.conn):
+                    pacing.forget(self.conn, released)
+                if rate is not None and any(w.pace and w.queue_id in released for w in chosen):
                     last = now
+            if missing and not released:
+                return 0.0 if not waiting_for_postfix else WAIT_POSTFIX_S
         if rate is not None and any(w.pace for w in rows):
             next_slot = (last + spacing(*rate)) if last else now
             return min(IDLE_S, max(0.01, next_slot - time.time()))
@@ -149,6 +176,8 @@ class Releaser:
             return False
         if queue in ("deferred", "active", "corrupt"):
             return True  # released (or being delivered) by someone else
+        if queue is not None:
+            return False  # incoming or maildrop: on its way into the hold queue
         return now - w.held_at > GRACE_S  # not in any queue: delivered or deleted
 
     def _forget_gone(self, queue_ids: list[str]) -> None:
@@ -174,17 +203,31 @@ class Releaser:
             )
         return bool(gone)
 
+    def _release(self, config_dir: str, queue_ids: list[str]) -> set[str]:
+        """postsuper -H: the queue ids it released (it names each), then delivery now."""
+        res = _run(["postsuper", "-c", config_dir, "-H", "-"], "\n".join(queue_ids) + "\n")
+        if res.returncode != 0:
+            raise ReleaseError(f"postsuper -H: {res.stderr.strip() or res.returncode}")
+        wanted = set(queue_ids)
+        released = {m.group(1) for m in _RELEASED.finditer(res.stderr) if m.group(1) in wanted}
+        total = _RELEASED_TOTAL.search(res.stderr)
+        if total is None or int(total.group(1)) != len(released):
+            # Output not as expected (another Postfix?): take every one as released, so that
+            # none leaves uncounted; one that was not held stays held, in `quarantine list`.
+            log.warning("releaser: cannot read postsuper's output %r", res.stderr.strip()[:300])
+            released = wanted
+        for q in sorted(released, key=queue_ids.index):
+            # Released mail waits in the deferred queue for the next queue run: send it now.
+            _run(["postqueue", "-c", config_dir, "-i", q])
+            log.info("%s: released by the releaser", q)
+        self.released += len(released)
+        return released
+
     def _tell_postfix(self, config_dir: str, queue_ids: list[str], queues: dict[str, str]) -> None:
+        """Finish claims a previous round left: release those still held; the others left
+        already (their release counted once)."""
         held = [q for q in queue_ids if queues.get(q) == "hold"]
         if held:
-            res = _run(["postsuper", "-c", config_dir, "-H", "-"], "\n".join(held) + "\n")
-            if res.returncode != 0:
-                raise ReleaseError(f"postsuper -H: {res.stderr.strip() or res.returncode}")
-            for q in held:
-                # Released mail waits in the deferred queue for the next queue run: send it now.
-                _run(["postqueue", "-c", config_dir, "-i", q])
+            self._release(config_dir, held)
         with pacing.transaction(self.conn):
             pacing.forget(self.conn, queue_ids)
-        self.released += len(held)
-        for q in held:
-            log.info("%s: released by the releaser (paced)", q)

@@ -14,11 +14,11 @@ from datetime import UTC, date, datetime, timedelta
 from postwarden.config.models import Policy, WarmupEntry, parse_rate
 from postwarden.policy.model import Charge
 
-# Releases are spaced (W + margin) / N apart, margin = max(5% of W, 0.25 s): counted at release,
+# Releases are spaced (W + margin) / N apart, margin = max(5% of W, 0.5 s): counted at release,
 # never more than N leave in any window of W, and the few hundred milliseconds a delivery may
 # take more or less than the one before cannot put N + 1 into a window at the receiver either.
 MARGIN_SHARE = 0.05
-MARGIN_MIN_S = 0.25
+MARGIN_MIN_S = 0.5
 
 
 def provider_group(domain: str, groups: dict[str, list[str]]) -> str | None:
@@ -140,11 +140,10 @@ def choose(
     if rate is not None:
         n, window = rate
         gap = spacing(n, window)
-        elapsed = now - pace.last_release
-        # A fresh start: one now, the next a gap later (never a burst of N); behind (a slow
-        # round at a fast pace): catch up on the slots that went by.
-        fresh = not pace.last_release or elapsed >= window
-        slots = 1 if fresh else int(elapsed / gap)
+        # One slot at a time, never a catch-up burst: a late round only makes the stream
+        # slower, never denser than one per gap.
+        due = not pace.last_release or now >= pace.last_release + gap
+        slots = 1 if due else 0
         slots = max(0, min(limit, slots, n - pace.in_window))
     left = _remaining(policy, sent, today)
     blocked: set[tuple[str, str]] = set()

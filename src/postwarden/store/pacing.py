@@ -133,6 +133,35 @@ def claim(
         add_warmup(conn, day, charges)
 
 
+def unclaim(
+    conn: sqlite3.Connection,
+    rows: list[tuple[str, bool, tuple[Charge, ...]]],
+    claimed_at: float,
+    day: str,
+    drop: bool,
+) -> None:
+    """Take back claims Postfix did not act on (the message was not in the hold queue): the
+    release and the warm-up counts are undone; the row goes back to waiting, or with `drop`
+    off the schedule."""
+    for queue_id, paced, charges in rows:
+        if paced:
+            conn.execute(
+                "DELETE FROM pace_releases WHERE queue_id = ? AND time = ?", [queue_id, claimed_at]
+            )
+        for key, group, n in charges:
+            conn.execute(
+                "UPDATE warmup_counts SET rcpts = MAX(0, rcpts - ?) WHERE day = ? AND key = ?"
+                " AND grp = ?",
+                [n, day, key, group],
+            )
+        if drop:
+            conn.execute("DELETE FROM paced WHERE queue_id = ?", [queue_id])
+        else:
+            conn.execute(
+                "UPDATE paced SET state = 'held', claimed_at = NULL WHERE queue_id = ?", [queue_id]
+            )
+
+
 def forget(conn: sqlite3.Connection, queue_ids: Iterable[str]) -> int:
     """Drop rows from the schedule: released, or gone (an admin released or deleted them)."""
     n = 0
