@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 from postwarden.config.models import (
     BulkStream,
@@ -171,3 +172,32 @@ def test_due_times_paced_one_slot_apart_and_warmup_next_day() -> None:
     assert abs(due["Q0"].timestamp() - (now + gap)) < 1e-6
     assert abs(due["Q1"].timestamp() - (now + 2 * gap)) < 1e-6
     assert due["Q2"] == datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def test_the_schedule_in_sqlite_claim_unclaim_forget(tmp_path: Path) -> None:
+    from postwarden.store import migrate, open_db, pacing
+
+    migrate(open_db(tmp_path / "p.db"))
+    conn = pacing.connect(tmp_path / "p.db")
+    g = (("example.com", "gmail", 2),)
+    with pacing.transaction(conn):
+        pacing.enqueue(conn, "Q1", 10.0, "sasl:a", True, ())
+        pacing.enqueue(conn, "Q2", 11.0, "sasl:a", False, g)
+        pacing.enqueue(conn, "Q1", 12.0, "sasl:a", True, ())  # once only
+        pacing.add_warmup(conn, "2026-12-01", [("example.com", "gmail", 3)])
+    assert [r[0] for r in pacing.waiting(conn)] == ["Q1", "Q2"]
+    assert pacing.warmup_state(conn, "2026-12-01") == (("example.com", "gmail", 3, 2),)
+    with pacing.transaction(conn):
+        pacing.claim(conn, [("Q1", True, ()), ("Q2", False, g)], 100.0, "2026-12-01")
+    assert [r[6] for r in pacing.waiting(conn)] == ["releasing", "releasing"]
+    assert pacing.pace_state(conn, 60, 120.0) == (1, 100.0)
+    assert pacing.sent_on(conn, "2026-12-01") == {("example.com", "gmail"): 5}
+    with pacing.transaction(conn):  # Postfix did not have them: undo
+        pacing.unclaim(conn, [("Q1", True, ())], 100.0, "2026-12-01", drop=False)
+        pacing.unclaim(conn, [("Q2", False, g)], 100.0, "2026-12-01", drop=True)
+    assert [(r[0], r[6]) for r in pacing.waiting(conn)] == [("Q1", "held")]
+    assert pacing.pace_state(conn, 60, 120.0) == (0, 0.0)
+    assert pacing.sent_on(conn, "2026-12-01") == {("example.com", "gmail"): 3}
+    with pacing.transaction(conn):
+        assert pacing.forget(conn, ["Q1", "Q9"]) == 1
+    assert pacing.waiting(conn) == []
