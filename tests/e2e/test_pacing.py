@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from postwarden.config.models import parse_rate
+from postwarden.milter.releaser import CRASH_ENV
 from postwarden.policy.streams import spacing
 from tests.e2e.conftest import Stack
 from tests.e2e.streams_stack import BULK, WIDE_CAPS, BulkSink, streams_stack
@@ -234,3 +235,48 @@ def test_a_paced_message_released_or_deleted_by_hand_is_gone_from_the_schedule(
             [str(r["queue_id"]) for r in rows],
         ).fetchone()[0]
     assert counted == n - 2  # what the admin released or deleted used none of the pace
+
+
+@pytest.mark.parametrize("where", ["after_claim", "after_release"])
+def test_killed_between_the_claim_and_postfix_a_restart_finishes_it_once(
+    st: tuple[Stack, BulkSink], where: str
+) -> None:
+    """SIGKILL at the two points of a release (the test hook POSTWARDEN_RELEASER_CRASH):
+    after the claim is committed and before postsuper -H, and after postsuper -H and before the
+    row is forgotten. The restarted daemon finishes the release: each message leaves once, and
+    its release is counted once."""
+    stack, bulk = st
+    sb = stack.sandbox
+    prefix = f"crash-{where}"
+    sb.stop_milter()
+    os.environ[CRASH_ENV] = where
+    try:
+        sb.start_milter(stack.config)
+        n = 3
+        submit(stack, prefix, n)
+        assert sb.milter_proc is not None
+        sb.milter_proc.wait(60)  # it kills itself at its first release
+        assert sb.milter_proc.returncode == -signal.SIGKILL
+    finally:
+        os.environ.pop(CRASH_ENV, None)
+    rows = sorted(held_rows(stack, prefix), key=lambda r: int(r["id"]))  # type: ignore[call-overload]
+    first = str(rows[0]["queue_id"])
+    with sqlite3.connect(f"file:{stack.db_path}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT state FROM paced WHERE queue_id = ?", [first]).fetchone() == (
+            "releasing",
+        )
+    in_hold = {str(q["queue_id"]) for q in sb.queue() if q.get("queue_name") == "hold"}
+    assert (first in in_hold) == (where == "after_claim")
+    sb.start_milter(stack.config)
+    assert sb.wait_for(lambda: len(arrivals(bulk, prefix)) >= n, 60, 0.2)
+    time.sleep(3 * GAP + 1)
+    subjects = [s for _, s in arrivals(bulk, prefix)]
+    assert sorted(subjects) == sorted({str(r["subject"]) for r in rows}) and len(subjects) == n
+    assert sb.wait_for(lambda: _scheduled(stack) == 0, 10)
+    with sqlite3.connect(f"file:{stack.db_path}?mode=ro", uri=True) as db:
+        counted = db.execute(
+            "SELECT queue_id, COUNT(*) FROM pace_releases WHERE queue_id IN (?, ?, ?)"
+            " GROUP BY queue_id",
+            [str(r["queue_id"]) for r in rows],
+        ).fetchall()
+    assert sorted(c for _, c in counted) == [1] * n

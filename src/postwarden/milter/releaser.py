@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -50,6 +52,18 @@ SWEEP_S = 30.0  # how often rows an admin released or deleted are dropped from t
 # postsuper names each message it releases: "postsuper: 4B3C2D1E0F: released from hold".
 _RELEASED = re.compile(r"^postsuper: ([0-9A-Za-z]+): released from hold$", re.M)
 _RELEASED_TOTAL = re.compile(r"^postsuper: Released from hold: (\d+) messages?$", re.M)
+
+
+# Test hook: POSTWARDEN_RELEASER_CRASH=after_claim (or after_release) makes the daemon kill
+# itself with SIGKILL at that point of its first release, so a test can show that a restart
+# finishes the release exactly once.
+CRASH_ENV = "POSTWARDEN_RELEASER_CRASH"
+
+
+def _crash_point(where: str) -> None:
+    if os.environ.get(CRASH_ENV) == where:
+        log.warning("releaser: %s=%s: killing the daemon now", CRASH_ENV, where)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ReleaseError(RuntimeError):
@@ -135,7 +149,9 @@ class Releaser:
             claims = [(w.queue_id, w.pace, w.charges) for w in chosen]
             with pacing.transaction(self.conn):
                 pacing.claim(self.conn, claims, now, day)
+            _crash_point("after_claim")
             released = self._release(config_dir, [w.queue_id for w in chosen])
+            _crash_point("after_release")
             missing = [w for w in chosen if w.queue_id not in released]
             if missing:
                 # Not in the hold queue: not there yet (Postfix is still writing it), or an
