@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
 APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui clean deb
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports clean deb
 
 install: deps-apt venv
 
@@ -67,6 +67,11 @@ bench-tui: install
 # so the mail server needs no compiler. Install with `dpkg -i` (README: Installing on a mail server).
 deb: install
 	bash deploy/debian/build.sh
+
+# Reports: ingest of 1,000 DMARC aggregate reports, then `postwarden reports` over them, timed;
+# writes its section of docs/benchmarks.md (about a minute).
+bench-reports: install
+	$(BIN)/python bench/reports.py
 
 clean: demo-stop
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,11 +1,15 @@
-"""`make bench`: postwarden against OpenDKIM and against no milter, on one private Postfix.
+"""`make bench`: postwarden against OpenDKIM, a pymilter milter that accepts everything, and no
+milter, on one private Postfix.
 
 smtp-source -> Postfix -> smtp-sink, timed until the queue is empty, interleaved (every
 repetition runs each size under each setup in turn, so drift on a shared machine hits all
-alike). Also: milter CPU per message from /proc, single-session latency from DATA to the 250,
-a verified sample of signatures (the run fails if one does not verify), the decision time with
-1,000,000 decision rows and 10,000 senders in the database, and the milter's memory over
-100,000 messages. Results go to stdout and docs/benchmarks.md.
+alike). The 100 KB message is multipart/mixed with a base64 attachment, the shape most real
+mail has. Also: milter CPU per message and the whole machine's busy share from /proc, the
+decision time under load (p50, p90, p99, max, from the decision rows), single-session latency,
+a verified sample of signatures (the run fails if one does not verify), a reload with 100 keys
+while mail flows, postwarden on one core against two, the decision time with 1,000,000
+decision rows and 10,000 senders in the database, and the milter's memory over 100,000
+messages. Results go to stdout and docs/benchmarks.md, with each goal of issue 21 met or not.
 
 Environment: BENCH_REPS (3), BENCH_MESSAGES (2000), BENCH_SESSIONS (20), BENCH_MEMORY (100000).
 """
@@ -38,8 +42,10 @@ REPS = int(os.environ.get("BENCH_REPS", "3"))
 MESSAGES = int(os.environ.get("BENCH_MESSAGES", "2000"))
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "20"))
 MEMORY_MESSAGES = int(os.environ.get("BENCH_MEMORY", "100000"))
-SIZES = {"4 KB": 4096, "100 KB": 102400}
-SETUPS = ("no milter", "OpenDKIM", "postwarden")
+SIZES = {"4 KB": 4096, "100 KB multipart": 102400}
+BIG = "100 KB multipart"
+SETUPS = ("no milter", "accept-all", "OpenDKIM", "postwarden")
+RELOAD_KEYS = 100
 # Not under /var/tmp: OpenDKIM refuses a configuration on a path others can write.
 ROOT = Path("/var/lib/postwarden-bench")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -93,14 +99,45 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+HEAD = (
+    b"From: Bench <bench@example.com>\r\nTo: <rcpt@remote.test>\r\nSubject: benchmark\r\n"
+    b"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <bench@example.com>\r\n"
+    b"MIME-Version: 1.0\r\n"
+)
+LINE = b"The quick brown fox jumps over the lazy dog, 0123456789 times over and over.\r\n"
+
+
 def message(size: int) -> bytes:
-    head = (
-        b"From: Bench <bench@example.com>\r\nTo: <rcpt@remote.test>\r\nSubject: benchmark\r\n"
-        b"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <bench@example.com>\r\n"
-        b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+    head = HEAD + b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    return head + (LINE * (size // len(LINE) + 1))[:size]
+
+
+def multipart(size: int) -> bytes:
+    """A short text part and a base64 attachment (a PDF-like blob), `size` octets in all."""
+    import base64
+    import random
+
+    rnd = random.Random(7)
+    text = LINE * 12
+    head = HEAD + b'Content-Type: multipart/mixed; boundary="=_bench_b0"\r\n\r\n'
+    parts = (
+        b"--=_bench_b0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        + text
+        + b"--=_bench_b0\r\nContent-Type: application/pdf; name=report.pdf\r\n"
+        b"Content-Disposition: attachment; filename=report.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
     )
-    line = b"The quick brown fox jumps over the lazy dog, 0123456789 times over and over.\r\n"
-    return head + (line * (size // len(line) + 1))[:size]
+    room = size - len(head) - len(parts) - 20
+    blob = bytes(rnd.randrange(256) for _ in range(room * 3 // 4 - 200))
+    encoded = base64.encodebytes(blob).replace(b"\n", b"\r\n")
+    return head + parts + encoded + b"--=_bench_b0--\r\n"
+
+
+def busy_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def cpu_ms(pid: int) -> float:
@@ -127,6 +164,14 @@ class Bench:
         (etc / "policies" / "10-bench.toml").write_text(
             POLICY.replace("{rsa}", str(self.rsa)).replace("{ed}", str(self.ed))
         )
+        # 98 more hosted domains with an RSA-2048 key each: 100 keys for the reload measure.
+        many = []
+        for i in range(RELOAD_KEYS - 2):
+            key = write_key(etc / "keys" / f"d{i}.key")
+            many.append(
+                f'[domains."d{i}.example"]\nkeys = [{{ selector = "s", file = "{key}" }}]\n'
+            )
+        (etc / "policies" / "20-many.toml").write_text("\n".join(many))
         self.config = etc / "postwarden.toml"
         self.config.write_text(CONFIG.format(socket=self.sb.socket_path, postfix=self.sb.conf_dir))
         self.db = etc / "postwarden.db"
@@ -138,8 +183,11 @@ class Bench:
         self.files = {}
         for name, size in SIZES.items():
             path = ROOT / f"msg-{size}.eml"
-            path.write_bytes(message(size))
+            path.write_bytes(multipart(size) if name == BIG else message(size))
             self.files[name] = path
+        self.accept_socket = self.sb.queue_dir / "acceptall" / "accept.sock"
+        self.accept_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.accept_all: subprocess.Popen[bytes] | None = None
         self.dump_port = free_port()
         self.fast_port = self.sb.sink_port
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -161,6 +209,13 @@ class Bench:
                 start_new_session=True,
             )
         self.procs.append(self.opendkim)
+        self.accept_all = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "accept_all.py"), f"unix:{self.accept_socket}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs.append(self.accept_all)
         deadline = time.monotonic() + 20
         while not self.opendkim_socket.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -177,6 +232,7 @@ class Bench:
     def use(self, setup: str, sink: str = "fast") -> None:
         socket = {
             "no milter": "",
+            "accept-all": f"unix:{self.accept_socket}",
             "OpenDKIM": f"unix:{self.opendkim_socket}",
             "postwarden": self.sb.milter_socket,
         }[setup]
@@ -201,6 +257,8 @@ class Bench:
     def pid(self, setup: str) -> int | None:
         if setup == "OpenDKIM" and self.opendkim:
             return self.opendkim.pid
+        if setup == "accept-all" and self.accept_all:
+            return self.accept_all.pid
         if setup == "postwarden" and self.sb.milter_proc:
             return self.sb.milter_proc.pid
         return None
@@ -248,17 +306,114 @@ class Bench:
                     self.use(setup)
                     pid = self.pid(setup)
                     cpu0 = cpu_ms(pid) if pid else 0.0
+                    first_id = self.last_decision_id() if setup == "postwarden" else 0
+                    b0 = busy_ticks()
                     seconds = self.blast(self.files[size], MESSAGES, SESSIONS)
+                    b1 = busy_ticks()
                     cpu = (cpu_ms(pid) - cpu0) / MESSAGES if pid else None
                     rate = MESSAGES / seconds
-                    runs.append(
-                        {"rep": rep, "size": size, "setup": setup, "msg_s": rate, "cpu_ms": cpu}
-                    )
+                    busy = (b1[0] - b0[0]) / max(b1[1] - b0[1], 1) * 100
+                    run: dict[str, object] = {
+                        "rep": rep,
+                        "size": size,
+                        "setup": setup,
+                        "msg_s": rate,
+                        "cpu_ms": cpu,
+                        "busy": busy,
+                    }
+                    if setup == "postwarden":
+                        time.sleep(1)  # the writer commits
+                        run["durations"] = self.durations_since(first_id)
+                    runs.append(run)
                     say(
-                        f"  rep {rep}  {size:>6}  {setup:<10}  {rate:7.1f} msg/s"
+                        f"  rep {rep}  {size:>16}  {setup:<10}  {rate:7.1f} msg/s  busy {busy:4.1f} %"
                         + (f"  milter CPU {cpu:.2f} ms/msg" if cpu is not None else "")
                     )
         return runs
+
+    def last_decision_id(self) -> int:
+        if not self.db.exists():
+            return 0
+        with sqlite3.connect(self.db) as conn:
+            return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0])
+
+    def durations_since(self, first_id: int) -> list[float]:
+        with sqlite3.connect(self.db) as conn:
+            return [
+                float(r[0])
+                for r in conn.execute(
+                    "SELECT duration_ms FROM decisions WHERE id > ? AND error = ''", [first_id]
+                )
+            ]
+
+    def reload_while_mail_flows(self) -> dict[str, float]:
+        """A reload with RELOAD_KEYS keys while 20 sessions send: the longest decision of the
+        messages decided during the reload, against the same window without one."""
+        self.use("postwarden")
+        out: dict[str, float] = {}
+        for label, do_reload in (("without", False), ("with", True)):
+            first_id = self.last_decision_id()
+            src = subprocess.Popen(
+                [
+                    "smtp-source",
+                    "-s",
+                    str(SESSIONS),
+                    "-m",
+                    str(MESSAGES),
+                    "-F",
+                    str(self.files["4 KB"]),
+                    "-f",
+                    "bench@example.com",
+                    "-t",
+                    "rcpt@remote.test",
+                    f"127.0.0.1:{self.sb.smtp_port}",
+                ]
+            )
+            time.sleep(2)
+            t0 = datetime.now(UTC)
+            took = 0.0
+            if do_reload:
+                started = time.monotonic()
+                subprocess.run(
+                    [sys.executable, "-m", "postwarden", "--config", str(self.config), "reload"],
+                    check=True,
+                    capture_output=True,
+                )
+                took = time.monotonic() - started
+            else:
+                time.sleep(1)
+            t1 = datetime.now(UTC)
+            src.wait(timeout=1800)
+            self.wait_empty()
+            time.sleep(1)
+            with sqlite3.connect(self.db) as conn:
+                window = [
+                    float(r[0])
+                    for r in conn.execute(
+                        "SELECT duration_ms FROM decisions WHERE id > ? AND time >= ? AND time <= ?",
+                        [first_id, t0.isoformat(), t1.isoformat()],
+                    )
+                ]
+            out[f"max_{label}"] = max(window or [0.0])
+            out[f"n_{label}"] = float(len(window))
+            if do_reload:
+                out["reload_s"] = took
+        return out
+
+    def cores(self) -> dict[int, float]:
+        """postwarden's throughput at 4 KB with its process held to 1 core, then given 2."""
+        self.use("postwarden")
+        pid = self.pid("postwarden")
+        assert pid
+        out = {}
+        for n in (1, 2):
+            cpus = ",".join(str(c) for c in range(n))
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, capture_output=True
+            )
+            out[n] = MESSAGES / self.blast(self.files["4 KB"], MESSAGES, SESSIONS)
+            say(f"  postwarden on {n} core(s): {out[n]:.1f} msg/s")
+        return out
 
     def latency(self, setup: str) -> float:
         self.use(setup)
@@ -399,47 +554,29 @@ def summarize(runs: list[dict[str, object]]) -> dict[tuple[str, str], dict[str, 
                 for r in runs
                 if r["size"] == size and r["setup"] == setup and r["cpu_ms"] is not None
             ]  # type: ignore[arg-type]
+            busy = [float(r["busy"]) for r in runs if r["size"] == size and r["setup"] == setup]  # type: ignore[arg-type]
             out[(size, setup)] = {
                 "median": statistics.median(rates),
                 "min": min(rates),
                 "max": max(rates),
                 "cpu": statistics.median(cpus) if cpus else float("nan"),
+                "busy": statistics.median(busy),
             }
     return out
 
 
-WHERE_THE_TIME_GOES = """
-## Where postwarden's time goes
-
-A profile of the end-of-message path (pymilter's TestCtx, 4 KB, RSA-2048 and Ed25519 dual
-signing, 500 messages) shows, per message:
-
-- RSA-2048 signature in OpenSSL: about 0.7 ms. OpenDKIM pays the same, once.
-- The rate-cap transaction (BEGIN IMMEDIATE, read the lock and the counts, record, COMMIT):
-  about 0.4 ms. It is what makes the windows exact across threads, processes and kill -9;
-  OpenDKIM keeps no such state.
-- The engine (every check): about 0.3 ms. The From cross-check through Python's email
-  package was the largest part; it is now cached per From value.
-- The second signature (Ed25519) and dkimpy's header canonicalisation: about 0.2 ms each.
-- pymilter itself: about 1.1 ms a message for a milter that accepts everything (measured
-  before this project: 245 msg/s against 404 without a milter). That is most of the gap to
-  OpenDKIM's C callbacks, and it does not shrink in Python.
-
-At 100 KB the body is canonicalised and hashed as it arrives (bulk regex per chunk, proven
-equal to dkimpy), and it is kept only when the message can hold HTML to wrap.
-
-The decision time is measured under the 20-session load, so it includes the waits for the
-GIL and for SQLite's write lock (the rate transaction against the writer thread's batches);
-p99 is where those waits show. That tail was not investigated further.
-
-What would close the rest: moving the per-message SQLite work (the rate transaction) off
-the libmilter thread's critical path, for example by batching counts in memory with a
-short write-behind, at the cost of exactness across processes; or a C extension for the
-callbacks. Neither is done here.
-"""
+def percentiles(values: list[float]) -> dict[str, float]:
+    v = sorted(values) or [0.0]
+    return {
+        "p50": v[len(v) // 2],
+        "p90": v[int(len(v) * 0.90)],
+        "p99": v[min(int(len(v) * 0.99), len(v) - 1)],
+        "max": v[-1],
+        "n": float(len(v)),
+    }
 
 
-def report(summary, latency, verified, decision, memory, took) -> str:  # type: ignore[no-untyped-def]
+def report(summary, runs, latency, verified, reload_, cores, decision, memory, took) -> str:  # type: ignore[no-untyped-def]
     lines = [
         "# Benchmarks",
         "",
@@ -449,33 +586,70 @@ def report(summary, latency, verified, decision, memory, took) -> str:  # type: 
         f" {took / 60:.1f} minutes.",
         "",
         "- **no milter**: the ceiling.",
+        "- **accept-all**: a pymilter milter that accepts every message and does nothing (bench/accept_all.py):"
+        " the floor any pymilter milter starts from.",
         "- **OpenDKIM**: Debian's opendkim, RSA-2048, relaxed/relaxed, From oversigned, unix socket.",
         "- **postwarden**: its default policy (caps raised for the load generator, every cap still checked and"
         " every message counted), RSA-2048 and Ed25519 dual signing, a SQLite decision row and a log line per"
-        " message, unix socket.",
+        f" message, unix socket, {RELOAD_KEYS} keys loaded.",
+        "- **4 KB** is text/plain; **100 KB multipart** is multipart/mixed with a short text part and a base64"
+        " attachment.",
         "",
-        "| size | setup | msg/s median | min | max | milter CPU ms/msg |",
-        "|---|---|---|---|---|---|",
+        "| size | setup | msg/s median | min | max | milter CPU ms/msg | machine busy % |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (size, setup), s in summary.items():
         cpu = "-" if s["cpu"] != s["cpu"] else f"{s['cpu']:.2f}"
         lines.append(
-            f"| {size} | {setup} | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} | {cpu} |"
+            f"| {size} | {setup} | {s['median']:.1f} | {s['min']:.1f} | {s['max']:.1f} | {cpu} | {s['busy']:.0f} |"
         )
-    lines += ["", "| ratio | 4 KB | 100 KB | goal |", "|---|---|---|---|"]
     r_od = {
         size: summary[(size, "postwarden")]["median"] / summary[(size, "OpenDKIM")]["median"]
         for size in SIZES
     }
-    r_ce = {
-        size: summary[(size, "postwarden")]["median"] / summary[(size, "no milter")]["median"]
+    r_floor = {
+        size: summary[(size, "accept-all")]["median"] / summary[(size, "OpenDKIM")]["median"]
         for size in SIZES
     }
+    lines += ["", "| ratio | 4 KB | 100 KB multipart |", "|---|---|---|"]
+    lines.append(f"| postwarden / OpenDKIM | {r_od['4 KB']:.2f} | {r_od[BIG]:.2f} |")
     lines.append(
-        f"| postwarden / OpenDKIM | {r_od['4 KB']:.2f} | {r_od['100 KB']:.2f} | >= 1.25 (4 KB), >= 1.0 (100 KB) |"
+        f"| accept-all / OpenDKIM (the pymilter floor) | {r_floor['4 KB']:.2f} | {r_floor[BIG]:.2f} |"
     )
-    lines.append(f"| postwarden / ceiling | {r_ce['4 KB']:.2f} | {r_ce['100 KB']:.2f} | |")
+    dt = {
+        size: percentiles(
+            [
+                d
+                for r in runs
+                if r["size"] == size and r["setup"] == "postwarden"
+                for d in r["durations"]
+            ]  # type: ignore[attr-defined]
+        )
+        for size in SIZES
+    }
     lines += [
+        "",
+        "Decision time inside postwarden under that load (from each decision row's `duration_ms`: evaluate,"
+        " rate transaction, signing), in ms:",
+        "",
+        "| size | messages | p50 | p90 | p99 | max |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {size} | {int(d['n'])} | {d['p50']:.2f} | {d['p90']:.2f} | {d['p99']:.2f} | {d['max']:.1f} |"
+            for size, d in dt.items()
+        ],
+        "",
+        f"A reload with {RELOAD_KEYS} keys while 20 sessions send 4 KB mail: `postwarden reload` took"
+        f" {reload_['reload_s']:.2f} s; the longest decision among the {int(reload_['n_with'])} messages decided"
+        f" meanwhile took {reload_['max_with']:.1f} ms, against {reload_['max_without']:.1f} ms in the same"
+        f" window without a reload ({int(reload_['n_without'])} messages).",
+        "",
+        "postwarden's throughput by cores (4 KB, its process held to the first N cores with taskset; Postfix and"
+        " the load generator keep both):",
+        "",
+        "| cores | msg/s |",
+        "|---|---|",
+        *[f"| {n} | {v:.1f} |" for n, v in cores.items()],
         "",
         "Single-session latency, DATA to the 250 reply, 4 KB, median of 50:",
         "",
@@ -484,11 +658,10 @@ def report(summary, latency, verified, decision, memory, took) -> str:  # type: 
         *[f"| {setup} | {ms:.2f} |" for setup, ms in latency.items()],
         "",
         f"Signatures verified with dkimpy: OpenDKIM {verified['OpenDKIM']}; postwarden {verified['postwarden']}"
-        " (both signatures of each).",
+        " (both signatures of each). A signature that does not verify fails the run.",
         "",
-        f"Decision time inside the milter (evaluate, rate transaction, signing), with {decision['rows']:,} decision"
-        f" rows and {decision['senders']:,} senders in the database, over {decision['n']} messages:"
-        f" p50 {decision['p50']:.2f} ms, p99 {decision['p99']:.2f} ms.",
+        f"Decision time with {decision['rows']:,} decision rows and {decision['senders']:,} senders in the"
+        f" database, over {decision['n']} messages: p50 {decision['p50']:.2f} ms, p99 {decision['p99']:.2f} ms.",
         "",
         "Milter memory (RSS) over the messages sent:",
         "",
@@ -496,19 +669,31 @@ def report(summary, latency, verified, decision, memory, took) -> str:  # type: 
         "|---|---|",
         *[f"| {n:,} | {kb / 1024:.1f} |" for n, kb in memory],
     ]
-
-    def short(value: float, goal: float) -> str:
-        return f"{value:.2f}" + (
-            "" if value >= goal else f" ({(1 - value / goal) * 100:.0f}% short of {goal})"
-        )
-
+    busy_pw = summary[(BIG, "postwarden")]["busy"]
+    busy_od = summary[(BIG, "OpenDKIM")]["busy"]
+    reload_delay = reload_["max_with"] - reload_["max_without"]
     goals = [
-        ("4 KB: postwarden/OpenDKIM >= 1.25", r_od["4 KB"] >= 1.25, short(r_od["4 KB"], 1.25)),
-        ("100 KB: postwarden/OpenDKIM >= 1.0", r_od["100 KB"] >= 1.0, short(r_od["100 KB"], 1.0)),
+        ("4 KB: postwarden / OpenDKIM >= 1.10", r_od["4 KB"] >= 1.10, f"{r_od['4 KB']:.2f}"),
+        ("100 KB multipart: postwarden / OpenDKIM >= 1.00", r_od[BIG] >= 1.00, f"{r_od[BIG]:.2f}"),
         (
-            "latency at or below OpenDKIM's",
-            latency["postwarden"] <= latency["OpenDKIM"],
-            f"{latency['postwarden']:.2f} ms against {latency['OpenDKIM']:.2f} ms",
+            "decision time p99 <= 50 ms under the 100 KB load",
+            dt[BIG]["p99"] <= 50,
+            f"p50 {dt[BIG]['p50']:.2f} ms, p99 {dt[BIG]['p99']:.2f} ms",
+        ),
+        (
+            f"a reload with {RELOAD_KEYS} keys delays no message by more than 50 ms",
+            reload_delay <= 50,
+            f"longest decision {reload_['max_with']:.1f} ms during it, {reload_['max_without']:.1f} ms without",
+        ),
+        (
+            "the machine is as busy with postwarden as with OpenDKIM (100 KB)",
+            busy_pw >= busy_od,
+            f"{busy_pw:.0f} % against {busy_od:.0f} %",
+        ),
+        (
+            "throughput grows with cores",
+            cores[2] > cores[1] * 1.2,
+            f"{cores[1]:.0f} msg/s on 1 core, {cores[2]:.0f} on 2",
         ),
         (
             "memory does not grow after warm-up",
@@ -516,9 +701,9 @@ def report(summary, latency, verified, decision, memory, took) -> str:  # type: 
             f"{memory[1][1] / 1024:.1f} MiB after {memory[1][0]:,}, {memory[-1][1] / 1024:.1f} MiB after {memory[-1][0]:,}",
         ),
     ]
-    lines += ["", "## Goals", "", "| goal | met | measured |", "|---|---|---|"]
+    lines += ["", "## Goals (issue 21)", "", "| goal | met | measured |", "|---|---|---|"]
     lines += [f"| {g} | {'yes' if ok else 'NO'} | {m} |" for g, ok, m in goals]
-    return "\n".join(lines) + "\n" + WHERE_THE_TIME_GOES
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -527,22 +712,40 @@ def main() -> int:
     try:
         bench.start()
         say(
-            f"[1/5] throughput: {REPS} reps x {len(SIZES)} sizes x {len(SETUPS)} setups, {MESSAGES} messages each"
+            f"[1/7] throughput: {REPS} reps x {len(SIZES)} sizes x {len(SETUPS)} setups, {MESSAGES} messages each"
         )
         runs = bench.throughput()
-        say("[2/5] single-session latency")
+        say("[2/7] single-session latency")
         latency = {setup: bench.latency(setup) for setup in SETUPS}
-        say("[3/5] verifying a sample of signatures")
+        say("[3/7] verifying a sample of signatures")
         verified = bench.verify_sample()
-        say("[4/5] decision time with 1,000,000 rows and 10,000 senders")
+        say(f"[4/7] a reload with {RELOAD_KEYS} keys while mail flows")
+        reload_ = bench.reload_while_mail_flows()
+        say("[5/7] postwarden on 1 core and on 2")
+        cores = bench.cores()
+        say("[6/7] decision time with 1,000,000 rows and 10,000 senders")
         decision = bench.decision_time()
-        say(f"[5/5] memory over {MEMORY_MESSAGES:,} messages")
+        say(f"[7/7] memory over {MEMORY_MESSAGES:,} messages")
         memory = bench.memory()
     finally:
         bench.stop()
-    text = report(summarize(runs), latency, verified, decision, memory, time.monotonic() - started)
+    text = report(
+        summarize(runs),
+        runs,
+        latency,
+        verified,
+        reload_,
+        cores,
+        decision,
+        memory,
+        time.monotonic() - started,
+    )
     (REPO / "docs").mkdir(exist_ok=True)
-    (REPO / "docs" / "benchmarks.md").write_text(text)
+    out = REPO / "docs" / "benchmarks.md"
+    # Other benchmarks' sections (make bench-reports) are kept as they are.
+    from sections import keep_sections
+
+    out.write_text(keep_sections(out.read_text() if out.exists() else "", text))
     (ROOT / "runs.json").write_text(json.dumps(runs, indent=1))
     print(text)
     return 0

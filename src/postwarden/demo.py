@@ -169,7 +169,9 @@ def write_config(workdir: Path, sandbox: Sandbox) -> Path:
 
 
 def _say(text: str) -> None:
-    print(text, flush=True)
+    from postwarden.textsafe import printable_lines  # decisions hold header values
+
+    print(printable_lines(text), flush=True)
 
 
 def run(workdir: Path) -> int:

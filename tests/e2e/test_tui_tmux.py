@@ -99,3 +99,76 @@ def test_each_screen_renders_in_tmux_at_80x24(tmux_stack: Stack) -> None:
         wait_for_text(session, "TUI-EXITED-0")
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+
+
+def test_markup_in_a_subject_is_shown_literally_in_tmux(tmux_stack: Stack) -> None:
+    """Issue 13 point 9: a Subject of `[/]` killed the Decisions screen with MarkupError (and
+    would at every start while the row is kept); `[link=...]` could disguise it."""
+    sb = tmux_stack.sandbox
+    address = "carol@example.com"
+    subjects = ["[/]", "[link=https://evil.test]x[/link]"]
+    for subject in subjects:
+        res = sb.smtp_send(
+            message(from_=f"Carol <{address}>", subject=subject),
+            address,
+            ["x@remote.test"],
+            login=address,
+        )
+        assert res.code == 250, res
+    assert sb.wait_for(lambda: len(tmux_stack.decisions(sender=f"sasl:{address}")) == 2, 15)
+    session = f"pw-{uuid.uuid4().hex[:6]}"
+    command = f"{sys.executable} -m postwarden --config {tmux_stack.config} tui; echo TUI-EXITED-$?"
+    subprocess.run(
+        [
+            "tmux",
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "120",
+            "-y",
+            "40",
+            "-c",
+            str(REPO),
+            "env",
+            "-u",  # shutil.get_terminal_size() would take pytest's COLUMNS and LINES
+            "COLUMNS",
+            "-u",
+            "LINES",
+            "TERM=xterm-256color",
+            "bash",
+            "-c",
+            "read -r; " + command + "; sleep 600",
+        ],
+        check=True,
+    )
+    # Another tmux server's options (window-size) may have sized it: make it 120x40, and only
+    # then start the TUI (it waits for a line on its input).
+    subprocess.run(["tmux", "resize-window", "-t", session, "-x", "120", "-y", "40"], check=True)
+    size = subprocess.run(
+        ["tmux", "display", "-p", "-t", session, "#{window_width}x#{window_height}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        assert size == "120x40", size
+        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)  # now start it
+        first = wait_for_text(session, "decisions, newest first · live")
+        assert "MarkupError" not in first and "Traceback" not in first
+        # The newest row is under the cursor: its detail shows the whole Subject.
+        assert "[link=https://evil.test]x[/link]" in first, first
+        rows = [line for line in first.splitlines() if "sasl:carol@example.com" in line]
+        assert any("[/]" in line for line in rows), first
+        # Move over both rows (each repaints the detail) and wait a poll: still up.
+        subprocess.run(["tmux", "send-keys", "-t", session, "Down"], check=True)
+        again = wait_for_text(session, "Subject     [/]")
+        time.sleep(2)
+        again = capture(session)
+        assert "decisions, newest first · live" in again and "TUI-EXITED" not in again
+        assert "MarkupError" not in again and "Traceback" not in again
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
+        wait_for_text(session, "TUI-EXITED-0")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)

@@ -228,3 +228,54 @@ def test_a_reload_between_mail_from_and_end_of_message_does_not_change_its_polic
     first, second = rows(rt)
     assert first["policy_hash"] == old_hash and first["signatures"]
     assert second["policy_hash"] == new.policy.hash
+
+
+def test_a_multipart_message_without_html_is_not_kept_nor_scanned_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The streaming MIME scan already knows there is no text/html part: the wrap never runs."""
+    rt = _runtime(tmp_path)
+
+    def no_wrap(*a: object) -> None:
+        raise AssertionError("wrap_bare_html ran on a message without HTML")
+
+    monkeypatch.setattr(effects, "wrap_bare_html", no_wrap)
+    body = (
+        "--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        "--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + "QUJD\r\n" * 2000
+        + "--b--\r\n"
+    )
+    msg = message(
+        subject="attachment",
+        extra='MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n'
+        "Message-ID: <att@example.com>\r\n",
+        body=body,
+    )
+    ctx = Ctx()
+    ctx.connect()
+    rc = ctx.send(msg, "alice@example.com", "b@r.test", login="alice@example.com")
+    assert rc == Milter.ACCEPT
+    [r] = rows(rt)
+    assert r["signatures"] and r["error"] == ""
+
+
+def test_signing_is_never_done_inside_the_senders_rate_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock convoy of issue 21: the rate transaction is held for SQL only, never for RSA."""
+    rt = _runtime(tmp_path)
+    real = effects.sign
+    held: list[bool] = []
+
+    def watching(*a: object, **k: object) -> object:
+        held.append(rt.rates.write_lock.locked())
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(effects, "sign", watching)
+    ctx = Ctx()
+    ctx.connect()
+    for i in range(3):  # the second and third break the 1/minute cap: held, and still signed
+        send(ctx, f"m{i}", f"Q{i}")
+    assert held == [False, False, False]
+    assert [len(r["signatures"]) for r in rows(rt)] == [1, 1, 1]  # type: ignore[arg-type]

@@ -4,6 +4,8 @@ hostile header values without an exception, in bounded time per value (issue 13)
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import time
 from datetime import UTC, datetime
 
@@ -141,3 +143,62 @@ def test_evaluate_never_raises_on_random_header_sets(facts: Facts) -> None:
     assert verdict.action in Action
     if verdict.action in (Action.REJECT, Action.TEMPFAIL):
         assert verdict.reasons
+
+
+# ---- the MIME scanner against the email package, on random structures -------------------------
+
+MIME_LINES = [
+    b"--a",
+    b"--a--",
+    b"--b",
+    b"--b--",
+    b"--a  ",
+    b"--b\t--",
+    b'Content-Type: multipart/mixed; boundary="a"',
+    b"Content-Type: multipart/alternative; boundary=b",
+    b"Content-Type: multipart/digest; boundary=a",
+    b"Content-Type: message/rfc822",
+    b"Content-Type: text/html",
+    b"Content-Type: text/plain",
+    b"Content-Type: message/delivery-status",
+    b" boundary=b",
+    b"X-Other: x",
+    b"From nobody",
+    b"",
+    b"",
+    b"<p>hi</p>",
+    b"plain text",
+    b"--ab",
+    b"-- a",
+    b"content-type: MULTIPART/MIXED; BOUNDARY=b",
+    b"Content-Type:multipart/related;\tboundary=a",
+    b"Content-Type: multipart/mixed;",
+    b"\tboundary=a",
+    b"Content-Type: message/global",
+    b"--a--  ",
+    b"--",
+    b"Subject: x",
+]
+
+
+@st.composite
+def mime_bodies(draw: st.DrawFn) -> bytes:
+    lines = draw(st.lists(st.sampled_from(MIME_LINES), max_size=60))
+    seps = draw(
+        st.lists(st.sampled_from([b"\r\n", b"\n", b"\r"]), min_size=len(lines), max_size=len(lines))
+    )
+    return b"".join(line + sep for line, sep in zip(lines, seps, strict=True))
+
+
+@settings(
+    max_examples=400, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck)
+)
+@given(mime_bodies())
+def test_the_mime_scanner_reads_random_structures_as_the_email_package_does(raw: bytes) -> None:
+    from tests.unit.test_mime import python_leaves, scanned_leaves
+
+    scanner, got = scanned_leaves(raw)
+    assert scanner.problem == ""
+    expected: list[tuple[str, str | None]] = []
+    python_leaves(email.message_from_bytes(raw, policy=email.policy.compat32), expected)
+    assert got == expected

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
+import re
 import resource
 import sqlite3
 import subprocess
@@ -692,3 +694,227 @@ def test_summarise_reads_the_config_model(tmp_path: Path) -> None:
 def test_tls_parse_refuses_a_report_without_an_id() -> None:
     with pytest.raises(Refused, match="report-id"):
         tlsrpt.parse(b'{"organization-name": "x", "policies": []}')
+
+
+def test_terminal_escapes_in_a_report_are_not_passed_on() -> None:
+    xml = aggregate_xml(
+        "evil\x1b[2J\x1b]0;pwned\x07.example", "id\x1b[31m", "example.com", 1, 2, [R(SERVER, 1)]
+    )
+    [(_, rep)] = read_reports(xml)  # raw control bytes, which XML never allows
+    assert "\x1b" not in rep.org_name + rep.report_id and "\x07" not in rep.org_name
+    # A C1 control (CSI) is a valid XML character reference, and still not passed on.
+    [(_, rep)] = read_reports(xml.replace(b"\x1b[", b"&#x9b;"))
+    assert "\x9b" not in rep.org_name + rep.report_id
+
+
+def test_an_external_dtd_is_never_fetched(tmp_path: Path) -> None:
+    doc = aggregate_xml("o.example", "dtd", "example.com", 1, 2, [R(SERVER, 1)]).replace(
+        b"<feedback>", b'<!DOCTYPE feedback SYSTEM "file:///etc/passwd">\n<feedback>', 1
+    )
+    db = _db(tmp_path)
+    [outcome] = ingest(db, doc, now=NOW)
+    passwd = Path("/etc/passwd").read_text().splitlines()[0]
+    assert outcome.status in ("stored", "refused")
+    db.conn.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("postwarden.db*"))
+    assert passwd.encode() not in stored and passwd not in outcome.line()
+
+
+def test_rows_without_policy_evaluated_are_judged_from_auth_results() -> None:
+    xml = aggregate_xml(
+        "o.example",
+        "pe",
+        "example.com",
+        1,
+        2,
+        [R(SERVER, 1), R(SPOOFER, 2, dkim="fail", spf="fail")],
+    )
+    xml = re.sub(rb"<policy_evaluated>.*?</policy_evaluated>", b"", xml, flags=re.S)
+    [(_, rep)] = read_reports(xml)
+    assert isinstance(rep, dmarc.Aggregate)
+    assert [(r.dkim, r.spf) for r in rep.rows] == [("pass", "pass"), ("fail", "fail")]
+
+
+def test_a_bomb_in_one_attachment_refuses_the_whole_email() -> None:
+    comp = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    bomb = b"".join(comp.compress(bytes(1024 * 1024)) for _ in range(64)) + comp.flush()
+    good = aggregate_xml("o.example", "ok", "example.com", 1, 2, [R(SERVER, 1)])
+    msg = as_email(bomb, "a.xml.gz", "application/gzip")
+    with pytest.raises(Refused, match="MiB"):
+        read_reports(msg)
+    assert read_reports(as_email(good, "b.xml", "text/xml"))
+
+
+def test_a_config_error_makes_ingest_retry_later_not_bounce(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + "[nosuchsection]\n")
+    code, out = _ingest(cfg, DMARC_DIR / "mail-auth" / "001.xml", capsys=capsys)
+    assert code == 75 and "nosuchsection" in out and "retry later" in out
+    with pytest.raises(SystemExit) as exc:  # the other commands keep exit 78
+        main(["--config", str(cfg), "reports"])
+    assert exc.value.code == 78
+
+
+def test_mutated_corpus_reports_are_stored_or_refused_never_an_exception(tmp_path: Path) -> None:
+    """600 random mutations (flipped, cut and inserted bytes) of the corpus files, each through
+    ingest into a real SQLite file: every one is stored or refused with a reason."""
+    dmarc_files, tls_files = corpus_files()
+    sources = [p.read_bytes() for p in [*dmarc_files, *tls_files] if p.stat().st_size]
+    rnd = random.Random(17)
+    db = _db(tmp_path)
+    statuses: dict[str, int] = {}
+    for _ in range(600):
+        data = bytearray(rnd.choice(sources))
+        for _ in range(rnd.randint(1, 8)):
+            pos = rnd.randrange(len(data))
+            op = rnd.random()
+            if op < 0.4:
+                data[pos] = rnd.randrange(256)
+            elif op < 0.7:
+                del data[pos : pos + rnd.randint(1, 50)]
+            else:
+                data[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 10)))
+            if not data:
+                break
+        for outcome in ingest(db, bytes(data), now=NOW):
+            statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
+            assert outcome.status != "refused" or outcome.reason
+    assert sum(statuses.values()) >= 600 and statuses.get("refused", 0) > 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<feedback>" + b"<!--" * 262_144,
+        b"<feedback>" + b"<?xml" * 200_000,
+        b"<feedback>" + b"<![CDATA[" * 100_000,
+        b"<feedback>" + b"<" * 1_000_000,
+        b"<feedback>" + b"<a>" * 300_000 + b"<bad@",
+        b"<feedback><a><b>" + b"</zz>" * 200_000 + b"<bad@",
+        b"<feedback>" + b"<xs:schema" * 100_000,
+        b"<feedback>" + b"&" * 1_000_000 + b"<bad@",
+    ],
+    ids=["comments", "declarations", "cdata", "lt", "nesting", "closings", "schema", "amp"],
+)
+def test_pathological_broken_xml_is_refused_in_linear_time(data: bytes) -> None:
+    started = time.monotonic()
+    with pytest.raises(Refused):
+        read_reports(data)
+    assert time.monotonic() - started < 5
+
+
+def _nested_email(depth: int) -> bytes:
+    head = b"From: a@b.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+    opens = b"".join(
+        f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+        for i in range(depth)
+    )
+    closes = b"".join(f"--b{i}--\r\n".encode() for i in reversed(range(depth)))
+    return head + opens + b"Content-Type: text/plain\r\n\r\nhello\r\n" + closes
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _nested_email(5000),
+        _nested_email(450),
+        b'From: a@b.example\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="x"\r\n\r\n'
+        + b"--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n" * 200_000
+        + b"--x--\r\n",
+    ],
+    ids=["nested-5000", "nested-450", "200000-parts"],
+)
+def test_hostile_mime_structure_is_refused_quickly(data: bytes) -> None:
+    started = time.monotonic()
+    with pytest.raises(Refused):
+        read_reports(data)
+    assert time.monotonic() - started < 3
+
+
+def test_a_zip_listing_many_members_is_refused_before_they_are_read() -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(5000):
+            z.writestr(f"{i}.xml", b"")
+    started = time.monotonic()
+    with pytest.raises(Refused, match="5000 members"):
+        read_reports(buf.getvalue())
+    assert time.monotonic() - started < 1
+
+
+def test_own_count_is_over_the_reports_ranges_only() -> None:
+    from postwarden.reports.summary import merge_ranges
+
+    day = 86400
+    assert merge_ranges({(0, day - 1), (day, 2 * day - 1), (5 * day, 6 * day - 1), (10, 20)}) == [
+        (0, 2 * day - 1),
+        (5 * day, 6 * day - 1),
+    ]
+
+
+def test_own_signed_counts_decisions_inside_the_ranges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _db(tmp_path)
+    start = (NOW - timedelta(days=20)).date()
+    base = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    sig = json.dumps([{"d": "example.com", "s": "s1", "a": "rsa-sha256"}])
+    other = json.dumps([{"d": "other.example", "s": "s1", "a": "rsa-sha256"}])
+    rows = []
+    for hours, action, sigs in [
+        (1, "accept", sig),  # day 1: counted
+        (5, "accept", sig),  # day 1: counted
+        (7, "reject", sig),  # not passed on
+        (8, "accept", other),  # another domain
+        (30, "accept", sig),  # day 2: no report covers it
+        (50, "accept", sig),  # day 3: counted
+    ]:
+        rows.append(
+            {
+                "time": (base + timedelta(hours=hours)).isoformat(),
+                "action": action,
+                "outbound": 1,
+                "signatures": sigs,
+            }
+        )
+    db["decisions"].insert_all(rows, alter=False)
+    for n in (0, 2):
+        b = int((base + timedelta(days=n)).timestamp())
+        ingest(
+            db,
+            aggregate_xml("g.example", f"own-{n}", "example.com", b, b + 86399, [R(SERVER, 5)]),
+            now=NOW,
+        )
+    cfg = _config(tmp_path)
+    [d] = _reports_json(cfg, capsys, "--since", "60d")["domains"]
+    assert d["own"] == {
+        "reported": 10,
+        "signed": 3,
+        "ranges": 2,
+        "from": base.isoformat(),
+        "until": (base + timedelta(days=3)).isoformat(),
+    }
+
+
+def test_ingest_json_lists_each_outcome(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path)
+    good = tmp_path / "r.xml"
+    good.write_bytes(aggregate_xml("o.example", "j1", "example.com", 1, 2, [R(SERVER, 1)]))
+    empty = tmp_path / "e.xml"
+    empty.write_bytes(b"")
+    capsys.readouterr()
+    assert (
+        main(
+            ["--config", str(cfg), "reports", "ingest", "--json", str(good), str(empty), str(good)]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert [(o["source"], o["status"]) for o in out] == [
+        (str(good), "stored"),
+        (str(empty), "refused"),
+        (str(good), "duplicate"),
+    ]
+    assert out[0]["report_id"] == "j1" and out[1]["reason"] == "empty: no report in it"

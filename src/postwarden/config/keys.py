@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -66,6 +67,27 @@ def _parse(data: bytes, validate: bool) -> rsa.RSAPrivateKey | ed25519.Ed25519Pr
     raise KeyProblem("neither a PEM private key nor an Ed25519 seed: unknown key format")
 
 
+# Parsed keys by (file content digest, validated): a reload re-reads and re-checks every key
+# file (owner, mode, content), but parses and RSA-checks only the ones whose content changed,
+# so a reload with 100 unchanged keys costs file reads, not 100 OpenSSL key checks.
+_PARSED: dict[tuple[bytes, bool], rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey] = {}
+PARSED_KEPT = 4096
+parses = 0  # keys parsed since start (the test that a reload of unchanged keys parses none)
+
+
+def _parse_cached(data: bytes, validate: bool) -> rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey:
+    global parses
+    digest = (hashlib.sha256(data).digest(), validate)
+    key = _PARSED.get(digest) or (_PARSED.get((digest[0], True)) if not validate else None)
+    if key is None:
+        parses += 1
+        key = _parse(data, validate)
+        if len(_PARSED) >= PARSED_KEPT:
+            _PARSED.clear()
+        _PARSED[digest] = key
+    return key
+
+
 def load_key(
     domain: str, selector: str, path: str, active: bool, validate: bool = True
 ) -> LoadedKey:
@@ -88,7 +110,7 @@ def load_key(
     except OSError as exc:
         raise KeyProblem(f"key file {path} cannot be read: {exc.strerror}") from None
     try:
-        key = _parse(data, validate)
+        key = _parse_cached(data, validate)
     except KeyProblem as exc:
         raise KeyProblem(f"key file {path}: {exc}") from None
     if isinstance(key, rsa.RSAPrivateKey):

@@ -158,7 +158,9 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         self.size += 2
         if self.outbound and _is_container(self.headers):
             try:
-                self.mime = MimeScanner(self.headers)
+                # The leaves' offsets only (no content): at eom they say whether any
+                # text/html part is there to wrap, so the body is not scanned twice.
+                self.mime = MimeScanner(self.headers, keep_leaves=True)
             except Exception as exc:  # noqa: BLE001  (remembered, tempfailed at eom)
                 self._fail("eoh", exc)
         if self.body_chunks is not None and not may_hold_html(self.headers):
@@ -198,10 +200,13 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             r = route(facts, config.policy)
             if self.error:
                 raise RuntimeError(self.error)
+            keep = self.body_chunks is not None and (
+                self.mime is None or any(x.content_type == "text/html" for x in self.mime.leaves)
+            )
             msg = effects.Message(
                 self.headers,
                 self.body_hasher,
-                b"".join(self.body_chunks) if self.body_chunks is not None else None,
+                b"".join(self.body_chunks) if keep and self.body_chunks is not None else None,
             )
             outcome = effects.carry_out(
                 facts, msg, self, config, self.runtime.rates, self.runtime.notifier, now, r

@@ -94,13 +94,16 @@ class Daemon:
         # signals; run() unblocks them in the main thread alone, once its handlers are set.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.config = config
-        self.writer = Writer(config.daemon.store.database, config.daemon.store.retention_days)
+        rates = RateStore(config.daemon.store.database)
+        self.writer = Writer(
+            config.daemon.store.database, config.daemon.store.retention_days, rates.write_lock
+        )
         self.writer.start()  # migrates: the tables and the notice key exist from here on
         secret = daemon_state.notice_secret(open_db(config.daemon.store.database))
         self.runtime = Runtime(
             config=config,
             writer=self.writer,
-            rates=RateStore(config.daemon.store.database),
+            rates=rates,
             notifier=Notifier(
                 config.daemon.postfix.config_directory,
                 config.policy.rate.notify,
@@ -228,6 +231,13 @@ class Daemon:
                 self.runtime.in_flight,
             )
             self._drain(cfg.milter.timeout)
+            # libmilter's accept loop looks at the stop flag only between waits of several
+            # seconds (Milter.stop() blocks until then: a stop took 4-6 s): connections of our
+            # own, once the flag is set, wake it at once.
+            waker = threading.Thread(
+                target=_wake_until_gone, args=(cfg.milter.socket, serving), daemon=True
+            )
+            waker.start()
             Milter.stop()
             serving.join(cfg.milter.timeout)
         self._shutdown(pidfile)
@@ -285,6 +295,28 @@ def _open_libmilter(socket: str, timeout: int) -> None:
     finally:
         os.umask(old_umask)
     _open_socket_to_postfix(socket)
+
+
+def _wake(spec: str) -> None:
+    try:
+        if spec.startswith("unix:"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1)
+                s.connect(spec[5:])
+        else:
+            port, _, host = spec.partition(":")[2].partition("@")
+            with socket.create_connection((host, int(port)), timeout=1):
+                pass
+    except (OSError, ValueError) as exc:
+        log.debug("stop: waking libmilter's accept loop: %s", exc)
+
+
+def _wake_until_gone(spec: str, serving: threading.Thread) -> None:
+    for _ in range(50):
+        time.sleep(0.1)
+        if not serving.is_alive():
+            return
+        _wake(spec)
 
 
 def _serve_libmilter(failure: list[BaseException]) -> None:

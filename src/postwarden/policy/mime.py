@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.message
 import email.policy
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -52,6 +53,9 @@ class Leaf:
     content_start: int
     end: int = -1
     top: bool = False  # the message itself: its headers are the message's, not in the body
+    # Its content begins with a "From " line that ended its headers (the email package reads it
+    # as the content's first line and also drops the blank line after it; offsets keep both).
+    from_first: bool = False
 
 
 @dataclass
@@ -60,6 +64,9 @@ class _Entity:
     default_type: str = "text/plain"
     in_headers: bool = True
     content_type_lines: list[bytes] = field(default_factory=list)
+    content_type_size: int = 0
+    header_lines: int = 0
+    from_line: int = -1  # where its last header line starts, when that is a "From " line
     capturing: bool = False  # the header being read is the first Content-Type
     kind: str = ""  # "multipart", "message" or "leaf", once the headers are read
     boundary: bytes = b""
@@ -69,8 +76,17 @@ class _Entity:
     leaf: Leaf | None = None
 
 
+def _header_value(lines: list[bytes]) -> str:
+    """A header's value from its lines, as the email package (compat32) makes it."""
+    return b"".join(lines).decode("ascii", "surrogateescape").lstrip(" \t").rstrip("\r\n")
+
+
+@functools.lru_cache(maxsize=512)
 def _content_type(value: str, default: str) -> tuple[str, str]:
-    """(type, boundary) as the email package reads this Content-Type value."""
+    """(type, boundary) as the email package reads this Content-Type value. Cached: parts of
+    one message (and messages of one sender) repeat their Content-Types."""
+    if not value:
+        return default, ""
     msg = email.message.Message(policy=email.policy.compat32)
     msg.set_default_type(default)
     if value:
@@ -94,13 +110,20 @@ class MimeScanner:
         self._tail_blank = True  # every byte after them is a space or tab
         self._cr = -1  # where the data so far ended with a CR (a LF may follow), else -1
         self._prev_newline = 0  # length of the line break before the current line
+        self._term = b""  # the line break of the line being handled
         self._stack: list[_Entity] = []
         values = [v for k, v in headers if k.lower() == "content-type"]
         top = _Entity(header_start=0)
         top.in_headers = False
         self._root = top
         self._stack.append(top)
+        self._delims: tuple[bytes, ...] = ()
         self._typed(top, values[0] if values else "", 0)
+        self._update_delims()
+
+    def _update_delims(self) -> None:
+        """The delimiters a line must start with to be a boundary of an open multipart."""
+        self._delims = tuple(b"--" + e.boundary for e in self._stack if e.kind == "multipart")
 
     # ---- input ---------------------------------------------------------------------------------
 
@@ -115,14 +138,37 @@ class MimeScanner:
             if data[:1] == b"\n":
                 at = 1
             cr, self._cr = self._cr, -1
+            self._term = b"\r\n" if at else b"\r"
             self._line(base + at, cr)
             if self.problem:
                 return
+        size = len(data)
         for match in _NEWLINE.finditer(data, at):
+            nxt = match.end()
+            # The fast path, nearly every line: content (not headers) that starts in this
+            # chunk and not with "--" and an open multipart's boundary cannot matter; only
+            # the offsets move on.
+            if (
+                not self._head
+                and not self._stack[-1].in_headers
+                and (nxt < size or data[nxt - 1] == 10)
+                and (
+                    not data.startswith(self._delims, at)
+                    or (
+                        match.start() - at <= _LINE_KEEP
+                        and self._boundary_owner(data[at : match.start()], True) is None
+                    )
+                )
+            ):
+                self._line_start = base + nxt
+                self._prev_newline = nxt - match.start()
+                at = nxt
+                continue
             self._add(data, at, match.start())
             if match.group() == b"\r" and match.end() == len(data):
                 self._cr = base + match.start()  # a LF in the next chunk makes it one CRLF
                 return
+            self._term = match.group()
             self._line(base + match.end(), base + match.start())
             at = match.end()
             if self.problem:
@@ -135,10 +181,12 @@ class MimeScanner:
             return
         if self._cr >= 0:
             cr, self._cr = self._cr, -1
+            self._term = b"\r"
             self._line(self._pos, cr)
         elif self._pos > self._line_start:
+            self._term = b""
             self._line(self._pos, self._pos)  # a last line without a line break
-        self._end_above(-1, self._pos, -1)
+        self._end_above(-1, self._pos)
 
     def _add(self, data: bytes, start: int, end: int) -> None:
         room = _LINE_KEEP - len(self._head)
@@ -159,6 +207,7 @@ class MimeScanner:
         self._tail_blank = True
         long_line = content_end - start > len(head)
         self._handle(start, head, blank, long_line)
+        self._update_delims()
         self._prev_newline = next_start - content_end
 
     def _boundary_owner(self, head: bytes, tail_blank: bool) -> tuple[int, bool] | None:
@@ -186,8 +235,14 @@ class MimeScanner:
         owner = self._boundary_owner(head, tail_blank)
         if owner is not None:
             i, closes = owner
+            part = self._stack[-1]
+            if len(self._stack) == i + 2 and part.part and part.header_start == start:
+                # Boundary lines in a row after a delimiter, a close one too, are read as
+                # one by the email package: the part begins after the last of them.
+                part.header_start = self._line_start
+                return
             end = max(start - self._prev_newline, 0)
-            self._end_above(i, end, start)
+            self._end_above(i, end)
             multipart = self._stack[i]
             if closes:
                 multipart.phase = "epilogue"
@@ -208,63 +263,74 @@ class MimeScanner:
             self.problem = f"a MIME header line over {_LINE_KEEP:,} characters without a colon"
             return
         if head and _HEADER_LINE.match(head):
-            self._header_line(top, head, long_line)
+            self._header_line(top, head, long_line, start)
             return
         # The end of this part's headers: a blank line is theirs; any other line is content.
         blank = head == b"" and not long_line
         top.in_headers = False
-        value = b"".join(top.content_type_lines).decode("ascii", "surrogateescape")
+        value = _header_value(top.content_type_lines)
         content_start = self._line_start if blank else start
+        if top.from_line >= 0:
+            # A "From " line last in the headers is the content's first line (the email
+            # package pushes it back), the blank line after it dropped.
+            content_start = top.from_line
         self._typed(top, value, content_start)
+        if top.leaf is not None and top.from_line >= 0:
+            top.leaf.from_first = blank
         if not blank and not self.problem:
             self._handle(start, head, tail_blank, long_line)
 
-    def _end_above(self, i: int, end: int, line: int) -> None:
-        """Every entity above the i-th ends at `end` (a boundary line starting at `line`, or
-        -1 at the end of the body); one still in its headers is an empty leaf, as the email
-        package makes it, except between two boundary lines in a row (it makes none)."""
+    def _end_above(self, i: int, end: int) -> None:
+        """Every entity above the i-th ends at `end`; one still in its headers is an empty
+        leaf, as the email package makes it."""
         for entity in self._stack[i + 1 :]:
-            if (
-                entity.in_headers
-                and self._keep
-                and not (entity.part and entity.header_start == line)
-            ):
-                value = b"".join(entity.content_type_lines).decode("ascii", "surrogateescape")
-                ctype, _ = _content_type(value.strip(), entity.default_type)
-                if (
-                    not ctype.startswith(("multipart/", "message/"))
-                    or ctype == "message/delivery-status"
-                ):
-                    self.leaves.append(Leaf(ctype, entity.header_start, end, end))
+            if entity.in_headers and self._keep:
+                ctype, _ = _content_type(
+                    _header_value(entity.content_type_lines), entity.default_type
+                )
+                start = entity.from_line if entity.from_line >= 0 else end
+                if ctype.startswith("message/") and ctype != "message/delivery-status":
+                    # the message inside it, empty (a From line is its envelope line)
+                    ctype, start = "text/plain", end
+                self.leaves.append(Leaf(ctype, entity.header_start, start, max(start, end)))
             elif entity.leaf is not None and entity.leaf.end < 0:
                 entity.leaf.end = max(end, entity.leaf.content_start)
         del self._stack[i + 1 :]
 
-    def _header_line(self, entity: _Entity, head: bytes, long_line: bool) -> None:
+    def _header_line(self, entity: _Entity, head: bytes, long_line: bool, start: int) -> None:
+        first = entity.header_lines == 0
+        entity.header_lines += 1
+        entity.from_line = -1
         if head[:1] in (b" ", b"\t"):
             if entity.capturing:
                 self._capture(entity, head, long_line)
             return
-        entity.capturing = False
+        entity.capturing = False  # any other line ends the header before it
+        if head.startswith(b"From "):
+            # The email package: an mbox From line first is the envelope, elsewhere ignored
+            # (and a continuation after it too), last the content's first line.
+            if not first:
+                entity.from_line = start
+            return
         if head[:13].lower() == b"content-type:" and not entity.content_type_lines:
             entity.capturing = True
             self._capture(entity, head[13:], long_line)
 
     def _capture(self, entity: _Entity, text: bytes, long_line: bool) -> None:
-        size = sum(len(x) for x in entity.content_type_lines) + len(text)
-        if long_line or size > MAX_CONTENT_TYPE:
+        entity.content_type_size += len(text)
+        if long_line or entity.content_type_size > MAX_CONTENT_TYPE:
             self.problem = (
                 f"a Content-Type header over {MAX_CONTENT_TYPE:,} characters: "
                 "send a plain MIME structure"
             )
             return
-        entity.content_type_lines.append(text.rstrip(b"\r\n") + b" ")
+        entity.content_type_lines.append(text + self._term)  # kept as the email package keeps it
 
     # ---- the structure -------------------------------------------------------------------------
 
     def _typed(self, entity: _Entity, value: str, content_start: int) -> None:
         """The entity's headers are read: it is a multipart, a message/* or a leaf."""
-        ctype, boundary = _content_type(value.strip(), entity.default_type)
+        ctype, boundary = _content_type(value, entity.default_type)
         if ctype.startswith("multipart/") and boundary:
             raw = boundary.encode("ascii", "surrogateescape")
             if len(raw) > MAX_BOUNDARY:

@@ -14,19 +14,18 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from postwarden.reports.unpack import Refused
+from postwarden.reports.unpack import Refused, printable
 
 MAX_ROWS = 200_000
 MAX_COUNT = 10**9
-_DECL = re.compile(r"<\?xml[^>]*\?>")
-_SCHEMA = re.compile(r"</?xs:schema[^>]*>")
+MAX_TIME = 2**40  # seconds since 1970: far beyond any report, far inside SQLite's integers
+_DECL = re.compile(r"<\?xml[^>]{0,500}\?>")
+_SCHEMA = re.compile(r"</?xs:schema[^>]{0,2000}>")
 _DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
-# A tokeniser for recovery: tags, comments and the text between them.
-_TOKEN = re.compile(
-    r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<![^>]*>|<\?[^>]*\?>"
-    r"|<(/?)([A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)((?:\s+[^<>]*?)?)\s*(/?)>",
-    re.S,
-)
+# A tag, for the recovering pass: bounded by the next < or >, so scanning stays linear.
+_TAG = re.compile(r"<(/?)([A-Za-z_][\w.\-]*(?::[A-Za-z_][\w.\-]*)?)((?:\s[^<>]{0,2000}?)?)\s*(/?)>")
+_ATTRS = re.compile(r"""(\s+[\w:.\-]+\s*=\s*("[^"<]*"|'[^'<]*'))*\s*""")
+MAX_NESTING = 64
 _ENTITY = re.compile(r"&(?!(?:amp|lt|gt|quot|apos|#[0-9]+|#x[0-9A-Fa-f]+);)")
 
 
@@ -84,7 +83,11 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def _clean(text: str) -> str:
+    text = _NOT_XML.sub(" ", text)  # characters XML 1.0 never allows: stray bytes
     text = _DECL.sub("", text)
     text = _SCHEMA.sub("", text)
     start, end = text.find("<"), text.rfind(">")
@@ -95,24 +98,46 @@ def _clean(text: str) -> str:
 
 def _recover(text: str) -> str:
     """Rebuild a well-formed document from the tags that are tags: a `<` that starts no tag
-    is text, declarations are dropped, unknown entities are text, unclosed elements are
-    closed. The result goes through defusedxml again."""
+    is text, comments, declarations and processing instructions are dropped, unknown entities
+    are text, unclosed elements are closed. One pass, linear in the text (every search that
+    fails ends the scan). The result goes through defusedxml again."""
     out: list[str] = []
     stack: list[str] = []
-    pos = 0
+    pos, n = 0, len(text)
 
     def text_out(chunk: str) -> None:
         if chunk:
             chunk = _ENTITY.sub("&amp;", chunk)
             out.append(chunk.replace("<", "&lt;").replace(">", "&gt;"))
 
-    for m in _TOKEN.finditer(text):
-        text_out(text[pos : m.start()])
+    while pos < n:
+        lt = text.find("<", pos)
+        if lt < 0:
+            text_out(text[pos:])
+            break
+        text_out(text[pos:lt])
+        if text.startswith("<!--", lt):
+            end = text.find("-->", lt + 4)
+            pos = n if end < 0 else end + 3
+            continue
+        if text.startswith("<![CDATA[", lt):
+            end = text.find("]]>", lt + 9)
+            if end < 0:
+                text_out(text[lt + 9 :])
+                break
+            out.append(text[lt : end + 3])
+            pos = end + 3
+            continue
+        if text.startswith(("<!", "<?"), lt):
+            end = text.find(">", lt)
+            pos = n if end < 0 else end + 1
+            continue
+        m = _TAG.match(text, lt)
+        if m is None:
+            text_out("<")
+            pos = lt + 1
+            continue
         pos = m.end()
-        if m.group(2) is None:
-            if m.group(0).startswith("<![CDATA["):
-                out.append(m.group(0))
-            continue  # comments, declarations, processing instructions
         closing, name, attrs, empty = m.group(1), m.group(2), m.group(3) or "", m.group(4)
         if closing:
             if name in stack:
@@ -122,15 +147,12 @@ def _recover(text: str) -> str:
                     if top == name:
                         break
             continue
-        attrs = (
-            attrs
-            if re.fullmatch(r"""(\s+[\w:.\-]+\s*=\s*("[^"<]*"|'[^'<]*'))*\s*""", attrs)
-            else ""
-        )
+        if len(stack) >= MAX_NESTING:
+            raise Refused(f"broken XML nested more than {MAX_NESTING} deep")
+        attrs = attrs if _ATTRS.fullmatch(attrs) else ""
         out.append(f"<{name}{attrs}{'/' if empty else ''}>")
         if not empty:
             stack.append(name)
-    text_out(text[pos:])
     out += [f"</{name}>" for name in reversed(stack)]
     return "".join(out)
 
@@ -158,7 +180,7 @@ def _text(el: Element | None, path: str, default: str = "") -> str:
     found = el.find(path)
     if found is None or found.text is None:
         return default
-    return " ".join(found.text.split())
+    return printable(found.text)
 
 
 def _int(value: str, what: str) -> int:
@@ -166,8 +188,8 @@ def _int(value: str, what: str) -> int:
         n = int(float(value))
     except (ValueError, OverflowError):
         raise Refused(f"{what} is not a number: {value[:40]!r}") from None
-    if n < 0:
-        raise Refused(f"{what} is negative: {value[:40]!r}")
+    if n < 0 or n > MAX_TIME:
+        raise Refused(f"{what} is out of range: {value[:40]!r}")
     return n
 
 
@@ -201,17 +223,40 @@ def _row(record: Element) -> Row | None:
     ids = record.find("identifiers")
     if ids is None:
         ids = record.find("identities")  # the old draft's name
+    header_from = _text(ids, "header_from").lower().rstrip(".")
+    dkim_auth, spf_auth = _auth(record, "dkim"), _auth(record, "spf")
+    dkim, spf = _result(_text(pe, "dkim")), _result(_text(pe, "spf"))
+    # No policy_evaluated result: a pass in auth_results for a domain aligned (relaxed) with
+    # header_from counts as aligned, as the receiver would have evaluated it.
+    if not dkim:
+        dkim = "pass" if _aligned_pass(dkim_auth, header_from) else "fail"
+    if not spf:
+        spf = "pass" if _aligned_pass(spf_auth, header_from) else "fail"
     return Row(
         source_ip=ip,
         count=count,
         disposition=_result(_text(pe, "disposition", "none")) or "none",
-        dkim=_result(_text(pe, "dkim")),
-        spf=_result(_text(pe, "spf")),
-        header_from=_text(ids, "header_from").lower().rstrip("."),
+        dkim=dkim,
+        spf=spf,
+        header_from=header_from,
         envelope_from=_text(ids, "envelope_from").lower(),
-        dkim_auth=_auth(record, "dkim"),
-        spf_auth=_auth(record, "spf"),
+        dkim_auth=dkim_auth,
+        spf_auth=spf_auth,
     )
+
+
+def _aligned_pass(results: list[dict[str, str]], header_from: str) -> bool:
+    """Relaxed alignment, approximated without the Public Suffix List: the same domain, or
+    one a subdomain of the other."""
+    for r in results:
+        d = r["domain"].rstrip(".")
+        if (
+            r["result"] == "pass"
+            and header_from
+            and (d == header_from or d.endswith("." + header_from) or header_from.endswith("." + d))
+        ):
+            return True
+    return False
 
 
 def parse(data: bytes) -> Aggregate:

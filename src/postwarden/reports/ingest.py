@@ -6,8 +6,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlite_utils
 
@@ -28,6 +29,9 @@ class Outcome:
     rows: int = 0
     reason: str = ""
     recovered: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def line(self) -> str:
         if self.status == "refused":

@@ -4,6 +4,7 @@ what it signed, and the next DMARC step; TLS reports per policy domain."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import defaultdict
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dns.exception
 import sqlite_utils
 from publicsuffixlist import PublicSuffixList
 
@@ -71,16 +73,15 @@ def _share(n: int, total: int) -> float:
     return round(n / total, 4) if total else 0.0
 
 
+@functools.lru_cache(maxsize=4096)
 def day_of(begin: int, end: int) -> str:
     """The UTC day a report is counted on: the day of its date range's middle."""
     return datetime.fromtimestamp((begin + end) // 2, UTC).date().isoformat()
 
 
 def _is_server(ip: str, servers: set[str]) -> bool:
-    try:
-        return str(ipaddress.ip_address(ip)) in servers
-    except ValueError:
-        return False
+    # Stored addresses are in ipaddress's normal form (dmarc.parse), as `servers` are.
+    return ip in servers
 
 
 def group_of(ip: str, dkim: str, spf: str, servers: set[str]) -> str:
@@ -89,6 +90,18 @@ def group_of(ip: str, dkim: str, spf: str, servers: set[str]) -> str:
     if dkim == "pass" or spf == "pass":
         return "authorised_elsewhere"
     return "failing"
+
+
+def merge_ranges(ranges: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The reports' date ranges (inclusive ends) as disjoint intervals, in order: the times
+    postwarden's own decisions are counted over, once each even when reports overlap."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 # ---- reverse names ------------------------------------------------------------------------------
@@ -118,10 +131,13 @@ def reverse_names(
     todo = [ip for ip in ips if ip not in cached]
     if not todo or not resolve:
         return out
-    dns = config.daemon.dns
-    lookup = Lookup(make_resolver(dns.nameservers, min(dns.timeout, PTR_TIMEOUT)))
+    dns_cfg = config.daemon.dns
     found: dict[str, str] = {}
-    first = lookup.ptr(todo[0])  # DNS unreachable: one timeout, not one per address
+    try:
+        lookup = Lookup(make_resolver(dns_cfg.nameservers, min(dns_cfg.timeout, PTR_TIMEOUT)))
+        first = lookup.ptr(todo[0])  # DNS unreachable: one timeout, not one per address
+    except dns.exception.DNSException:
+        return out
     if first.status == "unknown" and lookup.unreachable:
         return out
     found[todo[0]] = first.values[0] if first.values else ""
@@ -130,7 +146,10 @@ def reverse_names(
         futures = {pool.submit(lookup.ptr, ip): ip for ip in todo[1:]}
         done, _ = wait(futures, timeout=budget)
         for fut in done:
-            answer = fut.result()
+            try:
+                answer = fut.result()
+            except dns.exception.DNSException:
+                continue  # not known, not cached
             if answer.status == "unknown":
                 continue
             found[futures[fut]] = answer.values[0] if answer.values else ""
@@ -164,12 +183,15 @@ def published_records(
     config: Config, domains: list[str], budget: float = PTR_BUDGET
 ) -> dict[str, tuple[str, str | None]]:
     """published_record for every domain at once, all within `budget` seconds."""
-    dns = config.daemon.dns
-    lookup = Lookup(make_resolver(dns.nameservers, min(dns.timeout, budget)))
+    dns_cfg = config.daemon.dns
     out: dict[str, tuple[str, str | None]] = {}
     if not domains:
         return out
-    out[domains[0]] = published_record(lookup, domains[0])
+    try:
+        lookup = Lookup(make_resolver(dns_cfg.nameservers, min(dns_cfg.timeout, budget)))
+        out[domains[0]] = published_record(lookup, domains[0])
+    except dns.exception.DNSException:
+        return out
     if out[domains[0]][1] is None and lookup.unreachable:
         return out  # DNS unreachable: one timeout, not one per domain
     domains = domains[1:]
@@ -178,7 +200,10 @@ def published_records(
         futures = {pool.submit(published_record, lookup, d): d for d in domains}
         done, _ = wait(futures, timeout=budget)
         for fut in done:
-            out[futures[fut]] = fut.result()
+            try:
+                out[futures[fut]] = fut.result()
+            except dns.exception.DNSException:
+                continue
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return out
@@ -268,7 +293,7 @@ def summarise(
                 "published": {},
                 "daily": defaultdict(lambda: [0, 0]),
                 "sources": {},
-                "range": [None, None],
+                "ranges": set(),
             }
         return per[d]
 
@@ -292,8 +317,7 @@ def summarise(
         src = e["sources"].setdefault(key, Source(row.source_ip, key[1]))
         src.add(row.count, row.dkim, row.spf, row.header_from)
         if _is_server(row.source_ip, servers):
-            lo, hi = e["range"]
-            e["range"] = [row.begin if lo is None else min(lo, row.begin), max(hi or 0, row.end)]
+            e["ranges"].add((row.begin, row.end))
 
     ips = sorted({ip for e in per.values() for ip, _ in e["sources"]})
     names = reverse_names(db, config, ips, resolve=resolve, lock=lock)
@@ -324,15 +348,23 @@ def summarise(
                 " breaks signatures (a relay, a footer, a re-encoding)"
             )
         own: dict[str, Any] = {"reported": groups["this_server"]["messages"], "signed": None}
-        lo, hi = e["range"]
-        if lo is not None:
-            since_iso = datetime.fromtimestamp(lo, UTC).isoformat()
-            until_iso = datetime.fromtimestamp(hi + 1, UTC).isoformat()
+        merged = merge_ranges(e["ranges"])
+        if merged:
+            signed = 0
+            for lo, hi in merged:
+                signed += locked(
+                    queries.signed_for_domain,
+                    db,
+                    d,
+                    datetime.fromtimestamp(lo, UTC).isoformat(),
+                    datetime.fromtimestamp(hi + 1, UTC).isoformat(),
+                )
             own.update(
                 {
-                    "from": since_iso,
-                    "until": until_iso,
-                    "signed": locked(queries.signed_for_domain, db, d, since_iso, until_iso),
+                    "from": datetime.fromtimestamp(merged[0][0], UTC).isoformat(),
+                    "until": datetime.fromtimestamp(merged[-1][1] + 1, UTC).isoformat(),
+                    "ranges": len(merged),
+                    "signed": signed,
                 }
             )
         name, record = records.get(d, (f"_dmarc.{d}", None))
@@ -440,13 +472,15 @@ def as_text(summary: dict[str, Any]) -> str:
                 f"  {labels[g]}: {grp['messages']} message(s), {grp['dmarc_pass']} pass"
                 + (f", {grp['dkim_fail']} DKIM fail" if g == "this_server" else "")
             )
-            for s in grp["sources"][:20]:
+            shown = grp["sources"][:20]
+            ip_w = max([15, *(len(s["ip"]) for s in shown)])
+            for s in shown:
                 name = (
                     s["name"] if s["name"] else ("(no name)" if s["name"] == "" else "(unresolved)")
                 )
                 lines.append(
-                    f"    {s['ip']:<39} {name[:40]:<40} {s['messages']:>7} msg"
-                    f"  spf {s['spf_aligned']:>6}  dkim {s['dkim_aligned']:>6}"
+                    f"    {s['ip']:<{ip_w}} {name[:36]:<36} {s['messages']:>7} msg"
+                    f"  SPF-aligned {s['spf_aligned']:>6}  DKIM-aligned {s['dkim_aligned']:>6}"
                 )
             if len(grp["sources"]) > 20:
                 lines.append(f"    ... {len(grp['sources']) - 20} more")
@@ -454,7 +488,7 @@ def as_text(summary: dict[str, Any]) -> str:
         if own["signed"] is not None:
             lines.append(
                 f"  postwarden signed {own['signed']} message(s) for {d['domain']} over the reports'"
-                f" range; the reports cover {own['reported']} from this server"
+                f" date ranges; the reports cover {own['reported']} from this server"
             )
         for a in d["alerts"]:
             lines.append(f"  ALERT: {a}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from postwarden.reports.unpack import Refused
+from postwarden.reports.unpack import Refused, printable
 
 MAX_POLICIES = 10_000
 
@@ -47,6 +47,8 @@ class TlsReport:
 
 def _time(value: Any, what: str) -> int:
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not 0 <= value < 2**40:
+            raise Refused(f"{what} is out of range: {value!r:.40}")
         return int(value)
     if not isinstance(value, str) or not value:
         raise Refused(f"a TLS report without {what}")
@@ -56,7 +58,10 @@ def _time(value: Any, what: str) -> int:
         raise Refused(f"{what} is not a time: {value[:40]!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return int(when.timestamp())
+    try:
+        return int(when.timestamp())
+    except (OverflowError, ValueError, OSError):
+        raise Refused(f"{what} is out of range: {value[:40]!r}") from None
 
 
 def _count(value: Any) -> int:
@@ -70,7 +75,7 @@ def _count(value: Any) -> int:
 
 
 def _str(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
+    return printable(value) if isinstance(value, str) else ""
 
 
 def parse(data: bytes) -> TlsReport:

@@ -29,6 +29,19 @@ class Refused(Exception):
     """A report that cannot be read, with the reason a person can act on."""
 
 
+class TooLarge(Refused):
+    """Over the decompression budget: the whole input is refused, not just one part."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def printable(text: str) -> str:
+    """A report's text with control characters (terminal escapes among them) made spaces and
+    runs of white space made one: it is printed to terminals and shown in the TUI."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
 @dataclass(frozen=True)
 class Document:
     kind: str  # "xml" | "json"
@@ -45,7 +58,7 @@ class Budget:
     def take(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise Refused(
+            raise TooLarge(
                 f"decompresses to more than {self.limit // (1024 * 1024)} MiB: refused"
                 " (a report is far smaller; this looks like a compression bomb)"
             )
@@ -83,7 +96,19 @@ def gunzip(data: bytes, budget: Budget) -> bytes:
     return bytes(out)
 
 
+def _declared_members(data: bytes) -> int | None:
+    """The member count in the end-of-central-directory record, read before zipfile builds an
+    object per member (a hostile directory could list a million)."""
+    at = data.rfind(b"PK\x05\x06", max(0, len(data) - 65_557))
+    if at < 0 or at + 22 > len(data):
+        return None
+    return int.from_bytes(data[at + 10 : at + 12], "little")
+
+
 def unzip(data: bytes, budget: Budget, depth: int) -> list[Document]:
+    declared = _declared_members(data)
+    if declared is not None and declared > MAX_MEMBERS:
+        raise Refused(f"zip archive with {declared} members (at most {MAX_MEMBERS})")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
@@ -103,7 +128,14 @@ def unzip(data: bytes, budget: Budget, depth: int) -> list[Document]:
                 while chunk := fh.read(CHUNK):
                     budget.take(len(chunk))
                     out += chunk
-        except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            NotImplementedError,
+            EOFError,
+            OSError,
+            ValueError,  # a negative offset in a damaged central directory
+        ) as exc:
             raise Refused(f"broken zip member: {exc}") from None
         docs += documents(bytes(out), budget, depth + 1)
     return docs
@@ -136,9 +168,28 @@ def _part_is_report(part: email.message.Message) -> bool:
     return name.endswith((".xml", ".gz", ".zip", ".json", ".xml.gz", ".json.gz"))
 
 
+MAX_MIME_LINES = 1000  # lines that may be MIME boundaries: a report email has a handful
+
+
 def from_email(data: bytes, budget: Budget, depth: int) -> list[Document]:
-    msg = email.message_from_bytes(data, policy=email.policy.compat32)
-    parts = [p for p in msg.walk() if _part_is_report(p)]
+    # Python's parser takes seconds over 100,000 parts and recurses once per nesting level:
+    # an email with more possible boundaries than any report email has is refused unread.
+    if data.count(b"\n--") > MAX_MIME_LINES:
+        raise Refused(f"an email with more than {MAX_MIME_LINES} MIME boundaries: not a report")
+    try:
+        msg = email.message_from_bytes(data, policy=email.policy.compat32)
+        parts = [p for p in msg.walk() if _part_is_report(p)]
+    except RecursionError:
+        raise Refused("an email with MIME parts nested too deep") from None
+    return _email_parts(msg, parts, budget, depth)
+
+
+def _email_parts(
+    msg: email.message.Message,
+    parts: list[email.message.Message],
+    budget: Budget,
+    depth: int,
+) -> list[Document]:
     if not parts:
         # Inline: a text part that is itself the report.
         for p in msg.walk():
@@ -159,9 +210,9 @@ def from_email(data: bytes, budget: Budget, depth: int) -> list[Document]:
             continue
         try:
             docs += documents(body, budget, depth + 1)
+        except TooLarge:
+            raise
         except Refused as exc:
-            if "bomb" in str(exc):
-                raise
             problems.append(str(exc))
     if not docs:
         raise Refused(problems[0] if problems else "no report in the email")

@@ -97,6 +97,17 @@ class RateStore:
         self.path = str(path)
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # One rate transaction at a time in this process: threads wait on this lock, handed
+        # over at once, instead of sleeping in SQLite's busy handler (1, 2, 5, 10 ... 100 ms
+        # between retries) while another thread holds the write lock. SQLite's own lock still
+        # keeps other processes exact.
+        self._tx_lock = threading.Lock()
+
+    @property
+    def write_lock(self) -> threading.Lock:
+        """The lock around every write transaction of this process on the database: the
+        decision writer takes it for its batches too, so the two hand over without sleeping."""
+        return self._tx_lock
 
     def _open(self) -> sqlite3.Connection:
         # isolation_level=None: the transaction is ours to begin (IMMEDIATE) and end.
@@ -122,7 +133,7 @@ class RateStore:
     def transaction(
         self, identity: str, windows: list[int], now: datetime
     ) -> Iterator[RateTransaction]:
-        with self._connection() as conn:
+        with self._tx_lock, self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 latest = _latest(conn, identity)

@@ -163,6 +163,13 @@ def dmarc_rows(
         " FROM reports r JOIN report_rows w ON w.report = r.id"
         f" WHERE r.kind = 'dmarc'{cond} ORDER BY r.begin, r.id, w.id"
     )
+    policies: dict[int, dict[str, Any]] = {}
+
+    def policy_of(rid: int, text: str) -> dict[str, Any]:
+        if rid not in policies:
+            policies[rid] = json.loads(text or "{}")
+        return policies[rid]
+
     return [
         StoredRow(
             int(rid),
@@ -171,7 +178,7 @@ def dmarc_rows(
             dom,
             int(b),
             int(e),
-            json.loads(policy or "{}"),
+            policy_of(rid, policy),
             ip,
             int(n),
             disp,

@@ -35,7 +35,7 @@ log = logging.getLogger("postwarden.store")
 Op = Callable[[sqlite_utils.Database], None]
 QUEUE_SIZE = 10_000
 QUEUE_WAIT_S = 2.0
-BATCH = 500
+BATCH = 200  # rows per commit: short turns on the write lock the rate store shares
 PRUNE_EVERY_S = 3600.0
 PRUNE_CHUNK = 5000
 RESTART_PAUSE_S = 0.5
@@ -63,8 +63,16 @@ def prune(db: sqlite_utils.Database, retention_days: int, now: datetime) -> int:
 
 
 class Writer:
-    def __init__(self, path: str | Path, retention_days: int) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        retention_days: int,
+        write_lock: threading.Lock | None = None,
+    ) -> None:
         self.path = Path(path)
+        # Shared with the rate store (RateStore.write_lock): a batch and a rate transaction
+        # take turns on a Python lock instead of one sleeping in SQLite's busy handler.
+        self._write_lock = write_lock or threading.Lock()
         self.retention_days = retention_days
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
         self._thread: threading.Thread | None = None
@@ -174,7 +182,7 @@ class Writer:
 
     def _write(self, db: sqlite_utils.Database, batch: list[Op]) -> None:
         try:
-            with db.conn:
+            with self._write_lock, db.conn:
                 for op in batch:
                     op(db)
             self.written += len(batch)
@@ -183,7 +191,7 @@ class Writer:
             log.error("store: batch of %d failed (%s); writing one by one", len(batch), exc)
         for op in batch:
             try:
-                with db.conn:
+                with self._write_lock, db.conn:
                     op(db)
                 self.written += 1
             except Exception as exc:  # noqa: BLE001  (that row alone is lost, and counted)

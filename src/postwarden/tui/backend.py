@@ -18,6 +18,7 @@ from postwarden import EX_CONFIG, control, dnsdoctor, policyedit, quarantine, sc
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import Problem
 from postwarden.store import migrate, open_db
+from postwarden.store.daemon_state import writer_health
 from postwarden.store.queries import decisions, point_in_time
 
 PAGE = 100  # decision rows a page
@@ -73,6 +74,7 @@ class Backend:
         self.now = now or (lambda: datetime.now(UTC))
         self.config: Config = load_config(self.config_path, validate_keys=False)
         self.lock = threading.Lock()
+        self.lost_rows = 0
         self.db = open_db(self.config.daemon.store.database)
         migrate(self.db)
 
@@ -106,6 +108,8 @@ class Backend:
                 after_id=after_id,
                 limit=limit,
             )
+            # Decisions the daemon could not record: shown on the Decisions screen's status line.
+            self.lost_rows = sum(h.rows_dropped + h.rows_failed for h in writer_health(self.db))
         return list(reversed(rows))
 
     # ---- quarantine ---------------------------------------------------------------------------

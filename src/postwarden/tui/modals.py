@@ -33,8 +33,8 @@ class ConfirmScreen(Dialog):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Static(self.body, classes="dialog-body")
+            yield Label(self.title_text, classes="dialog-title", markup=False)
+            yield Static(self.body, classes="dialog-body", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel (n)", id="cancel")
                 yield Button(f"{self.confirm_label} (y)", id="confirm", variant="error")
@@ -59,8 +59,8 @@ class NoteScreen(Dialog):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="dialog-title")
-            yield Static(self.body, classes="dialog-body")
+            yield Label(self.title_text, classes="dialog-title", markup=False)
+            yield Static(self.body, classes="dialog-body", markup=False)
             yield Input(placeholder="note: why (recorded in the audit log)", id="note")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel (esc)", id="cancel")
@@ -93,7 +93,9 @@ class MessageScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="viewer"):
-            yield Label(f"held message {self.queue_id}  (esc closes)", classes="dialog-title")
+            yield Label(
+                f"held message {self.queue_id}  (esc closes)", classes="dialog-title", markup=False
+            )
             with VerticalScroll(id="message-scroll"):
                 yield Static("reading from Postfix...", id="message", markup=False)
 
@@ -103,12 +105,13 @@ class MessageScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True)
     def load(self) -> None:
-        from postwarden.quarantine import PostfixError
+        from postwarden.quarantine import BadQueueId, PostfixError
+        from postwarden.textsafe import printable_lines
 
         try:
-            text = self.app.backend.show(self.queue_id)  # type: ignore[attr-defined]
-        except PostfixError as exc:
-            text = f"cannot read it: {exc}"
+            text = printable_lines(self.app.backend.show(self.queue_id))  # type: ignore[attr-defined]
+        except (PostfixError, BadQueueId) as exc:
+            text = f"cannot read it: {printable_lines(str(exc))}"
         self.app.call_from_thread(
             self.query_one("#message", Static).update, f"{self.decision}\n\n{text}"
         )

@@ -61,8 +61,8 @@ class ReportsScreen(BaseScreen):
     ReportsScreen #charts Label { color: $text-muted; }
     ReportsScreen Sparkline { height: 2; }
     ReportsScreen #lower { height: 55%; border-top: solid $primary; }
-    ReportsScreen #sources { width: 1fr; }
-    ReportsScreen #detail-pane { width: 1fr; border-left: solid $primary; padding: 0 1; }
+    ReportsScreen #sources { width: 3fr; }
+    ReportsScreen #detail-pane { width: 2fr; border-left: solid $primary; padding: 0 1; }
     """
     BINDINGS = [
         Binding("enter", "sources", "Sources"),
@@ -102,7 +102,7 @@ class ReportsScreen(BaseScreen):
         table = self.query_one("#table", DataTable)
         table.add_columns("domain", "reported", "DMARC", "SPF", "DKIM", "failing", "next step")
         self.query_one("#sources", DataTable).add_columns(
-            "group", "source", "reverse name", "msgs", "SPF", "DKIM"
+            "group", "source", "reverse name", "msgs", "SPF ok", "DKIM ok"
         )
         table.focus()
         self.set_status("reading reports...")
@@ -153,7 +153,7 @@ class ReportsScreen(BaseScreen):
             + (f" · {alerts} alert(s)" if alerts else "")
             + (f" · TLS: {len(tls)} policy domain(s), {failed:,} failed session(s)" if tls else "")
             + (f" · {summary['refused']} refused" if summary["refused"] else "")
-            + " · w: window, Enter: sources"
+            + " · Enter: sources"
         )
         self.show_domain()
 
@@ -183,7 +183,7 @@ class ReportsScreen(BaseScreen):
                 sources.add_row(
                     Text(GROUP_SHORT[g], style=GROUP_STYLE[g]),
                     s["ip"],
-                    name,
+                    name if len(name) <= 24 else name[:23] + "…",
                     f"{s['messages']:,}",
                     f"{s['spf_aligned']:,}",
                     Text(
@@ -217,6 +217,14 @@ class ReportsScreen(BaseScreen):
         t.append(f"dispositions  {disp or '-'}\n")
         for r in d["reporters"]:
             t.append(f"reported by {r['org_name']}: {len(r['report_ids'])} report(s)\n")
+        for tls in self.summary.get("tls", []):
+            if tls["policy_domain"] == d["domain"]:
+                fails = ", ".join(f"{k} {v:,}" for k, v in sorted(tls["failures"].items()))
+                t.append(
+                    f"TLS ({'/'.join(tls['policy_types'])}): {tls['successful']:,} sessions ok,"
+                    f" {tls['failed']:,} failed" + (f" ({fails})" if fails else "") + "\n",
+                    style="bold red" if tls["failed"] else "",
+                )
         return t
 
     @on(DataTable.RowSelected, "#table")

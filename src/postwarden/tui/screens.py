@@ -1,5 +1,9 @@
 """The five screens. Each reads through the Backend in a worker thread and paints on the UI
-thread, so a slow query or a 100,000-message hold queue never freezes the keyboard."""
+thread, so a slow query or a 100,000-message hold queue never freezes the keyboard.
+
+Everything shown that came from mail or from a sender (Subject, From, identities, reasons,
+headers) is a rich Text, never markup (a Subject of `[/]` would crash the table, `[link=...]`
+disguise it), with control characters shown as escapes (textsafe.printable)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import (
     Checkbox,
@@ -32,6 +36,7 @@ from textual.widgets import (
 
 from postwarden import policyedit
 from postwarden.quarantine import Held, PostfixError, by_sender, page
+from postwarden.textsafe import printable, printable_lines
 from postwarden.tui.backend import HELD_PAGE, PAGE, Backend, DecisionFilter, Saved
 from postwarden.tui.modals import ConfirmScreen, MessageScreen, NoteScreen
 
@@ -63,6 +68,51 @@ class NavBar(Static):
         super().__init__(text, classes="navbar")
 
 
+def cell(value: Any, style: str = "") -> Text:
+    """A table cell from data: plain text (never markup), control characters escaped, one
+    line, cut with an ellipsis when its column is narrower."""
+    return Text(printable(str(value)), style=style, no_wrap=True, overflow="ellipsis", end="")
+
+
+# A table column: label, narrowest and widest width. The one with no widest ("flex") gets what
+# the screen's width leaves, so at 120 columns Subject shows whole instead of 10 characters.
+Col = tuple[str, int, int | None]
+
+
+def fit_widths(
+    columns: list[Col], rows: list[list[Any]], width: int, padding: int = 1
+) -> list[int]:
+    """Column widths that fit `width` cells: each column as wide as its content up to its
+    widest; when that is too wide, the others narrow towards their narrowest before the flex
+    column does; spare room goes to the flex column, up to its content."""
+    content = [len(label) for label, _, _ in columns]
+    for cells in rows:
+        for i, value in enumerate(cells[: len(columns)]):
+            n = value.cell_len if isinstance(value, Text) else len(str(value))
+            content[i] = max(content[i], n)
+    want = [
+        max(low, min(content[i], high if high is not None else content[i]))
+        for i, (_, low, high) in enumerate(columns)
+    ]
+    room = width - 2 * padding * len(columns) - 2  # the vertical scrollbar
+    flex = [i for i, (_, _, high) in enumerate(columns) if high is None]
+    over = sum(want) - room
+    while over > 0:
+        slack = [(want[i] - columns[i][1], i) for i in range(len(columns)) if i not in flex]
+        most, i = max(slack, default=(0, -1))
+        if most <= 0:
+            break
+        cut = min(most, over, max(1, most - max((s for s, j in slack if j != i), default=0)))
+        want[i] -= cut
+        over -= cut
+    for i in flex:
+        if over > 0:
+            cut = min(over, want[i] - columns[i][1])
+            want[i] -= cut
+            over -= cut
+    return want
+
+
 def short_time(iso: str) -> str:
     return iso[5:10] + " " + iso[11:19] if len(iso) >= 19 else iso
 
@@ -86,7 +136,7 @@ def decision_detail(row: dict[str, Any]) -> Text:
 
     def line(label: str, value: Any, style: str = "") -> None:
         t.append(f"{label:<12}", style="bold")
-        t.append(f"{value}\n", style=style)
+        t.append(f"{printable(str(value))}\n", style=style)
 
     line("queue id", row.get("queue_id") or "NOQUEUE")
     line("time", row.get("time", ""))
@@ -108,22 +158,26 @@ def decision_detail(row: dict[str, Any]) -> Text:
         line("error", row["error"], "bold red")
     t.append("reasons\n", style="bold underline")
     for r in row.get("reasons", []) or []:
-        t.append(f"  {r['check']}.{r['code']} ", style=ACTION_STYLE.get(r.get("action", ""), ""))
-        t.append(f"({r.get('action', '')}) {r.get('text', '')}\n")
+        t.append(
+            printable(f"  {r['check']}.{r['code']} "),
+            style=ACTION_STYLE.get(r.get("action", ""), ""),
+        )
+        t.append(printable(f"({r.get('action', '')}) {r.get('text', '')}") + "\n")
     if not row.get("reasons"):
         t.append("  none\n")
     t.append("signatures\n", style="bold underline")
     for s in row.get("signatures", []) or []:
-        t.append(f"  d={s.get('d', '')} s={s.get('s', '')} a={s.get('a', '')}\n")
+        t.append(printable(f"  d={s.get('d', '')} s={s.get('s', '')} a={s.get('a', '')}") + "\n")
     if not row.get("signatures"):
         t.append("  none\n")
     t.append("headers\n", style="bold underline")
-    t.append((row.get("headers") or "  (not recorded)") + "\n")
+    t.append(printable_lines(row.get("headers") or "  (not recorded)") + "\n")
     return t
 
 
 class BaseScreen(Screen[None]):
     MODE = ""
+    COLUMNS: list[Col] = []
 
     @property
     def backend(self) -> Backend:
@@ -142,15 +196,32 @@ class BaseScreen(Screen[None]):
         row = self.query_one(DataTable).cursor_row
         return items[row] if 0 <= row < len(items) else None
 
-    def refill(self, rows: list[tuple[str, list[Any]]]) -> None:
-        """Replace the table's rows (key, cells), keeping the cursor on the same line."""
+    def refill(self, rows: list[tuple[str, list[Any]]], keep: str | None = None) -> None:
+        """Replace the table's rows (key, cells), keeping the cursor on the row `keep` when
+        given, else on the same line; the columns sized to the screen's width."""
+        self._rows = rows
         table = self.query_one(DataTable)
         cursor = table.cursor_row
-        table.clear()
+        table.clear(columns=True)
+        widths = fit_widths(self.COLUMNS, [cells for _, cells in rows], self.size.width or 80)
+        for (label, _, _), width in zip(self.COLUMNS, widths, strict=True):
+            table.add_column(Text(label), width=width)
         for key, cells in rows:
             table.add_row(*cells, key=key)
-        if rows:
+        if keep is not None and keep in table.rows:
+            table.move_cursor(row=table.get_row_index(keep))
+        elif rows:
             table.move_cursor(row=min(cursor, len(rows) - 1))
+
+    def on_resize(self, event: events.Resize) -> None:
+        if getattr(self, "_rows", None) is not None:
+            self.refill(self._rows, self._cursor_key())
+
+    def _cursor_key(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
 
     def say(self, message: str, severity: str = "information", timeout: float = 6) -> None:
         """A toast, from any thread, never read as markup."""
@@ -170,6 +241,15 @@ class BaseScreen(Screen[None]):
 
 class DecisionsScreen(BaseScreen):
     MODE = "decisions"
+    COLUMNS: list[Col] = [
+        ("time (UTC)", 14, 14),
+        ("action", 10, 10),
+        ("identity", 24, 32),  # sasl:mallory@example.com whole
+        ("reasons", 10, 30),
+        ("Subject", 10, None),
+        ("From", 12, 34),
+        ("queue id", 8, 12),
+    ]
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("right_square_bracket", "older", "Older"),
@@ -199,9 +279,7 @@ class DecisionsScreen(BaseScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns(
-            "time (UTC)", "action", "identity", "reasons", "Subject", "From", "queue id"
-        )
+        self.refill([])
         table.focus()
         self.load()
         self.set_interval(self.app.poll_interval, self.poll)  # type: ignore[attr-defined]
@@ -242,24 +320,36 @@ class DecisionsScreen(BaseScreen):
         if table.row_count and table.cursor_row > 0:
             keep = str(self.rows[table.cursor_row]["id"])
         self.rows = (rows + self.rows)[:PAGE] if new else rows
-        table.clear()
-        for r in self.rows:
-            table.add_row(
-                short_time(r["time"]),
-                Text(r["action"], style=ACTION_STYLE.get(r["action"], "")),
-                r["identity"],
-                reason_keys(r),
-                r["subject"],
-                r["header_from"],
-                r["queue_id"] or "NOQUEUE",
-                key=str(r["id"]),
-            )
-        if keep is not None:
-            table.move_cursor(row=table.get_row_index(keep) if keep in table.rows else 0)
+        self.refill(
+            [
+                (
+                    str(r["id"]),
+                    [
+                        cell(short_time(r["time"])),
+                        cell(r["action"], ACTION_STYLE.get(r["action"], "")),
+                        cell(r["identity"]),
+                        cell(reason_keys(r)),
+                        cell(r["subject"]),
+                        cell(r["header_from"]),
+                        cell(r["queue_id"] or "NOQUEUE"),
+                    ],
+                )
+                for r in self.rows
+            ],
+            keep,
+        )
+        if keep is None and table.row_count:
+            table.move_cursor(row=0)
         page_no = len(self.pages)
         state = "live" if self.live else "paused: [ for newer"
         flt = f" · filter: {self.flt}" if str(self.flt) else ""
-        self.set_status(f"page {page_no} · {len(self.rows)} decisions, newest first · {state}{flt}")
+        status = Text(f"page {page_no} · {len(self.rows)} decisions, newest first · {state}{flt}")
+        lost = self.app.backend.lost_rows  # type: ignore[attr-defined]
+        if lost:
+            status.append(
+                f" · {lost} decision rows not recorded (see the daemon's log)", "bold red"
+            )
+        self.set_status(status)
         self.show_detail()
 
     @on(DataTable.RowHighlighted)
@@ -302,6 +392,15 @@ class DecisionsScreen(BaseScreen):
 
 class QuarantineScreen(BaseScreen):
     MODE = "quarantine"
+    COLUMNS: list[Col] = [
+        (" ", 1, 1),
+        ("queue id", 8, 12),
+        ("age", 6, 6),
+        ("sender", 24, 32),
+        ("reasons", 10, 30),
+        ("Subject", 10, None),
+        ("From", 12, 34),
+    ]
     BINDINGS = [
         Binding("space", "mark", "Mark"),
         Binding("v", "view", "View"),
@@ -334,9 +433,22 @@ class QuarantineScreen(BaseScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns(" ", "queue id", "age", "sender", "reasons", "Subject", "From")
+        self.refill([])
         table.focus()
         self.action_refresh()
+        # Ages move on without a new read of the hold queue.
+        self.set_interval(self.app.poll_interval, self.tick_ages)  # type: ignore[attr-defined]
+
+    def tick_ages(self) -> None:
+        """Every shown age, brought up to the clock (one cell each; no Postfix call)."""
+        table = self.query_one(DataTable)
+        if not self.shown or len(table.ordered_columns) < 3:
+            return
+        column = table.ordered_columns[2].key
+        now = self.backend.now().timestamp()
+        for m in self.shown:
+            if m.queue_id in table.rows:
+                table.update_cell(m.queue_id, column, cell(age(now - m.arrival_time)))
 
     def action_refresh(self) -> None:
         # No loading overlay on the table: it would take the focus, and with it the keys.
@@ -382,12 +494,12 @@ class QuarantineScreen(BaseScreen):
                     m.queue_id,
                     [
                         "●" if m.queue_id in self.selected else " ",
-                        m.queue_id,
-                        age(now - m.arrival_time),
-                        m.identity or m.sender,
-                        ",".join(m.reasons) + (f" due {m.due[11:19]}Z" if m.due else ""),
-                        m.subject,
-                        m.header_from,
+                        cell(m.queue_id),
+                        cell(age(now - m.arrival_time)),
+                        cell(m.identity or m.sender),
+                        cell(",".join(m.reasons) + (f" due {m.due[11:19]}Z" if m.due else "")),
+                        cell(m.subject),
+                        cell(m.header_from),
                     ],
                 )
                 for m in self.shown
@@ -421,7 +533,7 @@ class QuarantineScreen(BaseScreen):
     def action_view(self) -> None:
         m = self.current()
         if m is not None:
-            decision = (
+            decision = printable(
                 f"postwarden: {m.identity or m.sender} · From {m.header_from} · "
                 f"{', '.join(m.reasons) or 'no reasons recorded'}"
             )
@@ -440,7 +552,7 @@ class QuarantineScreen(BaseScreen):
         verb = {"release": "Release", "delete": "Delete"}[action]
         if sender:
             n = len(by_sender(self.items, sender))
-            title = f"{verb} all {n} held message(s) of {sender}?"
+            title = f"{verb} all {n} held message(s) of {printable(sender)}?"
         else:
             title = f"{verb} {len(ids)} held message(s)?"
         body = (
@@ -531,6 +643,12 @@ def caps_text(caps: list[dict[str, Any]]) -> Text:
 
 class SendersScreen(BaseScreen):
     MODE = "senders"
+    COLUMNS: list[Col] = [
+        ("identity", 20, None),
+        ("lock", 16, 30),
+        ("messages", 20, 60),
+        ("recipients", 16, 40),
+    ]
     BINDINGS = [Binding("u", "unlock", "Unlock"), Binding("g", "refresh", "Refresh")]
 
     def __init__(self) -> None:
@@ -545,7 +663,7 @@ class SendersScreen(BaseScreen):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("identity", "lock", "messages", "recipients")
+        self.refill([])
         table.focus()
         self.load()
         self.set_interval(max(self.app.poll_interval, 2.0), self.load)  # type: ignore[attr-defined]
@@ -562,8 +680,8 @@ class SendersScreen(BaseScreen):
                 (
                     s.identity,
                     [
-                        s.identity,
-                        Text(f"LOCKED {s.locked_at[11:19]} {s.lock_cap}", style="bold red")
+                        cell(s.identity),
+                        cell(f"LOCKED {s.locked_at[11:19]} {s.lock_cap}", "bold red")
                         if s.locked
                         else "",
                         caps_text(s.messages),
@@ -586,7 +704,7 @@ class SendersScreen(BaseScreen):
         if s is None:
             return
         if not s.locked:
-            self.say(f"{s.identity} is not locked", severity="warning")
+            self.say(f"{printable(s.identity)} is not locked", severity="warning")
             return
 
         def done(note: str | None) -> None:
@@ -595,7 +713,7 @@ class SendersScreen(BaseScreen):
 
         self.app.push_screen(
             NoteScreen(
-                f"Unlock {s.identity}?",
+                f"Unlock {printable(s.identity)}?",
                 f"Locked since {short_time(s.locked_at)} for breaking {s.lock_cap} "
                 f"({s.lock_queue_id}). Its windows start afresh; its held mail stays held.",
                 "Unlock",
@@ -618,7 +736,17 @@ class DomainsScreen(BaseScreen):
     BINDINGS = [
         Binding("c", "check_one", "Check this"),
         Binding("a", "check_all", "Check all"),
+        Binding("y", "copy_fix", "Copy fix"),
         Binding("g", "refresh", "Refresh"),
+    ]
+    COLUMNS: list[Col] = [
+        ("domain", 12, 40),
+        ("keys", 8, None),
+        ("SPF", 4, 7),
+        ("DKIM", 4, 7),
+        ("DMARC", 5, 7),
+        ("MX", 4, 7),
+        ("checked (UTC)", 14, 14),
     ]
     AREAS = ("spf", "dkim", "dmarc", "mx")
 
@@ -631,13 +759,16 @@ class DomainsScreen(BaseScreen):
         yield DataTable(id="table", cursor_type="row", zebra_stripes=True)
         yield ProgressBar(id="progress", show_eta=False)
         yield Static("", id="status")
-        with VerticalScroll(id="detail-pane"):
+        # Scrolls sideways: a fix is a DNS record, shown on one line so it can be copied whole
+        # (and `y` copies it to the clipboard).
+        with ScrollableContainer(id="detail-pane"):
             yield Static("", id="detail")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("domain", "keys", "SPF", "DKIM", "DMARC", "MX", "checked (UTC)")
+        self.refill([])
+        self.query_one("#detail", Static).styles.width = "auto"
         self.query_one(ProgressBar).display = False
         table.focus()
         self.load()
@@ -656,14 +787,14 @@ class DomainsScreen(BaseScreen):
                 for k in d["keys"]
             )
             cells: list[Any] = [
-                d["domain"] + (" +sub" if d["include_subdomains"] else ""),
-                keys or "none",
+                cell(d["domain"] + (" +sub" if d["include_subdomains"] else "")),
+                cell(keys or "none"),
             ]
             for area in self.AREAS:
                 statuses = [f.status for f in d["findings"] if f.area == area]
                 worst = next((s for s in ("fail", "unknown", "warn", "pass") if s in statuses), "")
                 cells.append(Text(worst or "-", style=STATUS_STYLE.get(worst, "dim")))
-            cells.append(short_time(d["checked_at"]) if d["checked_at"] else "never")
+            cells.append(cell(short_time(d["checked_at"]) if d["checked_at"] else "never"))
             lines.append((d["domain"], cells))
         self.refill(lines)
         never = sum(1 for d in rows if not d["checked_at"])
@@ -678,20 +809,38 @@ class DomainsScreen(BaseScreen):
         d = self.under_cursor(self.rows)
         if d is None:
             return
-        t = Text()
-        t.append(f"{d['domain']}", style="bold")
+        t = Text(no_wrap=True, overflow="ignore")
+        t.append(printable(d["domain"]), style="bold")
         t.append(f"  last checked {d['checked_at'] or 'never'}\n")
         for f in d["findings"]:
             t.append(f"{f.status.upper():<8}", style=STATUS_STYLE.get(f.status, ""))
-            t.append(f"{f.area:<6} {f.message}\n")
+            t.append(printable(f"{f.area:<6} {f.message}") + "\n")
             for fix in f.fix.splitlines():
-                t.append(f"        fix: {fix}\n", style="cyan")
+                # One line, never wrapped: a record split over lines cannot be pasted.
+                t.append(printable(f"        fix: {fix}") + "\n", style="cyan")
+        if any(f.fix for f in d["findings"]):
+            t.append("y copies the fixes (one record a line) to the clipboard\n", style="dim")
         if not d["findings"]:
             t.append("no dns-check yet: press c to check this domain, a for all\n")
         self.query_one("#detail", Static).update(t)
 
     def action_refresh(self) -> None:
         self.load()
+
+    def fixes(self) -> list[str]:
+        """The fix records of the domain under the cursor, one a line, as dns-check gives them."""
+        d = self.under_cursor(self.rows)
+        if d is None:
+            return []
+        return [line for f in d["findings"] for line in f.fix.splitlines() if line.strip()]
+
+    def action_copy_fix(self) -> None:
+        fixes = self.fixes()
+        if not fixes:
+            self.say("no fix to copy for this domain", severity="warning")
+            return
+        self.app.copy_to_clipboard("\n".join(fixes) + "\n")
+        self.say(f"copied {len(fixes)} fix record(s) to the clipboard")
 
     def action_check_one(self) -> None:
         d = self.under_cursor(self.rows)
@@ -760,7 +909,7 @@ class PolicyScreen(BaseScreen):
                     with Vertical(id="form-user", classes="form"):
                         yield Label("login (SASL)")
                         yield Input(id="user-login", placeholder="alice@example.com")
-                        yield Label("send_as (comma-separated; blank: [defaults])")
+                        yield Label("send_as (comma-separated; blank: [defaults])", markup=False)
                         yield Input(id="user-send-as", placeholder="{login}, *@example.com")
                         yield Label("rate messages (blank: inherited)")
                         yield Input(id="user-messages", placeholder="30/minute, 500/hour")

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from postwarden import schedule
 from postwarden.store import records
-from postwarden.tui.screens import SCREENS, BaseScreen
+from postwarden.tui.screens import SCREENS, BaseScreen, Col, cell
 
 MODE = "streams"
 LABEL = "Streams"
@@ -58,6 +58,13 @@ class StreamsScreen(BaseScreen):
     StreamsScreen #warmups { height: auto; max-height: 40%; border-top: solid $primary; }
     """
     BINDINGS = [Binding("g", "refresh", "Refresh")]
+    COLUMNS: list[Col] = [
+        ("queue id", 8, 12),
+        ("kind", 6, 20),
+        ("sender", 16, 32),
+        ("due", 14, 26),
+        ("Subject", 10, None),
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,9 +84,6 @@ class StreamsScreen(BaseScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#table", DataTable).add_columns(
-            "queue id", "kind", "sender", "due", "Subject"
-        )
         self.query_one("#warmups", DataTable).add_columns(
             "warm-up", "day", "group", "today", "waiting"
         )
@@ -143,11 +147,11 @@ class StreamsScreen(BaseScreen):
                 (
                     w["queue_id"],
                     [
-                        w["queue_id"],
-                        w["kind"] + (" (releasing)" if w["state"] == "releasing" else ""),
-                        w["identity"],
-                        due_text(w["due"], now),
-                        w["subject"],
+                        cell(w["queue_id"]),
+                        cell(w["kind"] + (" (releasing)" if w["state"] == "releasing" else "")),
+                        cell(w["identity"]),
+                        cell(due_text(w["due"], now)),
+                        cell(w["subject"]),
                     ],
                 )
                 for w in waiting
@@ -159,9 +163,9 @@ class StreamsScreen(BaseScreen):
             for g in wp.groups:
                 over = g.allowance is not None and g.used >= g.allowance
                 warm.add_row(
-                    wp.key,
+                    cell(wp.key),
                     f"{wp.day} of {wp.days}" if wp.day <= wp.days else f"done ({wp.day})",
-                    g.group,
+                    cell(g.group),
                     Text(
                         f"{g.used}/{g.allowance}" if g.allowance is not None else f"{g.used}/-",
                         style="yellow" if over else "green",

@@ -1,0 +1,69 @@
+"""What postwarden's speed depends on, asserted without timing (issue 21): work that ordinary
+mail must never cause."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from postwarden.config import keys, load_config
+from postwarden.policy import html
+from tests.helpers import write_config, write_key
+
+MULTIPART = (
+    b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+    b"--b\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.encodebytes(bytes(range(256)) * 300).replace(b"\n", b"\r\n")
+    + b"--b--\r\n"
+)
+HEADERS = [("MIME-Version", "1.0"), ("Content-Type", 'multipart/mixed; boundary="b"')]
+
+
+def test_a_multipart_message_without_text_html_is_never_parsed_by_the_email_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_parse(*a: object, **k: object) -> None:
+        raise AssertionError("the email package parsed the message")
+
+    monkeypatch.setattr(html.email, "message_from_bytes", no_parse)
+    assert html.wrap_bare_html(HEADERS, MULTIPART) is None
+
+
+def test_only_the_html_leaf_is_parsed_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = html.email.message_from_bytes
+
+    def counting(data: bytes, **k: object) -> object:
+        seen.append(len(data))
+        return real(data, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(html.email, "message_from_bytes", counting)
+    body = MULTIPART.replace(
+        b"--b--\r\n", b"--b\r\nContent-Type: text/html\r\n\r\n<p>x</p>\r\n--b--\r\n"
+    )
+    assert html.wrap_bare_html(HEADERS, body) is not None
+    assert len(seen) == 1 and seen[0] < 100  # the small HTML part, not the 100 KB body
+
+
+def test_a_reload_with_unchanged_key_files_parses_no_key(tmp_path: Path) -> None:
+    policy = (
+        '[domains."example.com"]\nkeys = ['
+        + ", ".join(f'{{ selector = "s{i}", file = "k{i}.key" }}' for i in range(20))
+        + "]\n"
+    )
+    for i in range(20):
+        write_key(tmp_path / "policies" / f"k{i}.key", algorithm="rsa" if i % 2 else "ed25519")
+    cfg = write_config(tmp_path, policy)
+    load_config(cfg)
+    before = keys.parses
+    again = load_config(cfg)  # what a reload does
+    assert keys.parses == before and len(again.keys["example.com"]) == 20
+    write_key(tmp_path / "policies" / "k3.key")  # a rotated key
+    load_config(cfg)
+    assert keys.parses == before + 1
+    # Its owner and mode are still checked on every load, cached or not.
+    (tmp_path / "policies" / "k4.key").chmod(0o644)
+    with pytest.raises(Exception, match="readable by group or others"):
+        load_config(cfg)
