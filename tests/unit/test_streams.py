@@ -201,3 +201,16 @@ def test_the_schedule_in_sqlite_claim_unclaim_forget(tmp_path: Path) -> None:
     with pacing.transaction(conn):
         assert pacing.forget(conn, ["Q1", "Q9"]) == 1
     assert pacing.waiting(conn) == []
+
+
+def test_bulk_waiting_for_its_pace_does_not_hold_transactional_mail_back(tmp_path: Path) -> None:
+    from postwarden.store import migrate, open_db, pacing
+
+    migrate(open_db(tmp_path / "p.db"))
+    conn = pacing.connect(tmp_path / "p.db")
+    with pacing.transaction(conn):
+        pacing.enqueue(conn, "Q1", 10.0, "local:app", True, (("example.com", "gmail", 1),))
+    state = RateState(warmup_today="2026-12-01", warmup=pacing.warmup_state(conn, "2026-12-01"))
+    assert state.warmup_of("example.com", "gmail") == (0, 0)
+    v = evaluate(facts(rcpts=("a@gmail.com",)), policy(warmup=WARM), NOW, state)
+    assert v.action == Action.ACCEPT

@@ -75,10 +75,13 @@ def add_warmup(conn: sqlite3.Connection, day: str, charges: Iterable[Charge]) ->
 
 
 def warmup_state(conn: sqlite3.Connection, day: str) -> tuple[tuple[str, str, int, int], ...]:
-    """(key, group, recipients counted on `day`, recipients of held mail waiting)."""
+    """(key, group, recipients counted on `day`, recipients of warm-up holds waiting). Bulk
+    mail waiting for its pace is not counted as waiting: it must not hold transactional mail
+    back from a group that has allowance left."""
     sent = sent_on(conn, day)
     waiting: dict[tuple[str, str], int] = {}
-    for (text,) in conn.execute("SELECT charges FROM paced WHERE charges != '[]'").fetchall():
+    rows = conn.execute("SELECT charges FROM paced WHERE charges != '[]' AND pace = 0").fetchall()
+    for (text,) in rows:
         for key, group, n in _charges(text):
             waiting[(key, group)] = waiting.get((key, group), 0) + n
     keys = set(sent) | set(waiting)
