@@ -214,3 +214,14 @@ def test_bulk_waiting_for_its_pace_does_not_hold_transactional_mail_back(tmp_pat
     assert state.warmup_of("example.com", "gmail") == (0, 0)
     v = evaluate(facts(rcpts=("a@gmail.com",)), policy(warmup=WARM), NOW, state)
     assert v.action == Action.ACCEPT
+
+
+def test_a_server_warmup_counts_every_from_domain() -> None:
+    p = policy(warmup={"server": WarmupEntry(start=date(2026, 12, 1), daily=[1])})
+    assert warmup_charges(p, "news.example.com", ("a@gmail.com", "b@yahoo.co.uk")) == (
+        ("server", "gmail", 1),
+        ("server", "yahoo", 1),
+    )
+    full = RateState(warmup_today="2026-12-01", warmup=(("server", "yahoo", 1, 0),))
+    v = evaluate(facts(rcpts=("b@yahoo.co.uk",)), p, NOW, full)
+    assert [r.key for r in v.reasons] == ["warmup.paced"] and "server to yahoo" in v.reasons[0].text
