@@ -253,8 +253,13 @@ def cmd_senders(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     rows = senders.statuses(_db(cfg), cfg.policy, datetime.now(UTC), locked_only=args.locked)
+    paced = _senders_schedule(_db(cfg), cfg)  # streams.md
     if args.json:
-        print(json.dumps([r.as_dict() for r in rows], indent=2, sort_keys=True))
+        out = [r.as_dict() for r in rows]
+        for d in out:
+            n, first = paced.get(d["identity"], (0, ""))
+            d["paced"], d["next_due"] = n, first
+        print(json.dumps(out, indent=2, sort_keys=True))
         return EX_OK
     if not rows:
         print(
@@ -277,8 +282,28 @@ def cmd_senders(args: argparse.Namespace) -> int:
             if r.locked
             else ""
         )
-        print(printable(f"{printable(r.identity):<36} {caps}{lock}"))
+        n, first = paced.get(r.identity, (0, ""))
+        waits = f"  {n} paced, next due {first[:19]}Z" if n else ""
+        print(printable(f"{printable(r.identity):<36} {caps}{lock}{waits}"))
     return EX_OK
+
+
+# ---- streams.md: paced and warm-up holds in `quarantine list` and `senders` ----
+
+
+def _with_schedule(db: Any, cfg: Any, items: list[Any]) -> None:
+    from postwarden import schedule
+
+    schedule.annotate(db.conn, cfg.policy, datetime.now(UTC), items)
+
+
+def _senders_schedule(db: Any, cfg: Any) -> dict[str, tuple[int, str]]:
+    from postwarden import schedule
+
+    return schedule.by_identity(schedule.due(db.conn, cfg.policy, datetime.now(UTC)))
+
+
+# ----
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
@@ -302,6 +327,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     try:
         if args.q_command == "list":
             items = q.with_decisions(db, q.held(postfix_dir))
+            _with_schedule(db, cfg, items)  # streams.md
             if args.sender:
                 items = q.by_sender(items, args.sender)
             shown = q.page(items, args.page, args.per_page)
@@ -325,7 +351,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 print(
                     f"{m.queue_id:<12} {age // 3600:>3}h{age % 3600 // 60:02d}m  {printable(m.identity or m.sender):<30}"
                     f" {printable(m.header_from)[:30]:<30} {printable(','.join(m.recipients))[:30]:<30}"
-                    f" {printable(','.join(m.reasons))}"
+                    f" {printable(','.join(m.reasons))}" + (f"  due {m.due[:19]}Z" if m.due else "")
                 )
             pages = max(1, -(-len(items) // args.per_page))
             print(f"{len(items)} held; page {args.page} of {pages}")
@@ -819,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--screen",
-        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports"],
+        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports", "streams"],
         default="decisions",
         help="the screen to open on (default decisions)",
     )

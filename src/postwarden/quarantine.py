@@ -37,6 +37,10 @@ class Held:
     header_from: str = ""
     subject: str = ""
     reasons: list[str] = field(default_factory=list)
+    # streams.md: a paced or warm-up hold's schedule ("pace", "warmup", "pace+warmup") and
+    # when it is due to leave (ISO, UTC); "" for any other hold.
+    paced: str = ""
+    due: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

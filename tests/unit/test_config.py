@@ -56,11 +56,7 @@ NOT_BUILT = {
     "store.shared",
     "store.shared_password_file",
     'domains."example.com".contact',
-    'domains."example.com".streams',
     "feedback",
-    "streams",
-    "warmup",
-    "providers",
 }
 
 

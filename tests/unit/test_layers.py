@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "keytools": 2,
     "policyedit": 2,
     "metrics": 2,
+    "schedule": 2,
     "cli": 3,
     "tui": 3,
     "demo": 3,

@@ -6,11 +6,12 @@ setting silently ignored. Defaults are the secure ones the spec shows.
 
 from __future__ import annotations
 
+import datetime as _dt
 import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 Action = Literal["reject", "tempfail", "quarantine", "accept"]
 
@@ -235,6 +236,68 @@ class DaemonConfig(Strict):
 # ---- policy files ----------------------------------------------------------------------------
 
 
+# ---- streams, pacing and warm-up (streams.md) -----------------------------------------------
+
+
+class DomainStreams(Strict):
+    """[domains."example.com"].streams: bulk mail from this domain must use this From domain."""
+
+    bulk: DomainName | None = None
+
+
+def _pace(text: str) -> str:
+    if text:
+        parse_rate(text)
+    return text
+
+
+class BulkStream(Strict):
+    pace: Annotated[str, AfterValidator(_pace)] = ""  # "" = no pacing
+
+
+class StreamsSection(Strict):
+    bulk: BulkStream = BulkStream()
+
+
+# The recipient-domain groups [providers] starts from; a [providers] table adds groups or
+# replaces the named ones. A pattern is a domain, or "name.*" (any last label or labels).
+DEFAULT_PROVIDERS: dict[str, list[str]] = {
+    "gmail": ["gmail.com", "googlemail.com"],
+    "microsoft": ["outlook.com", "hotmail.*", "live.*", "msn.com"],
+    "yahoo": ["yahoo.*", "ymail.com", "aol.com"],
+}
+_PROVIDER_PATTERN = re.compile(r"^(?:[a-z0-9-]+\.)*[a-z0-9-]+(?:\.[a-z0-9-]+|\.\*)$")
+
+
+def _provider_pattern(text: str) -> str:
+    text = text.lower()
+    if not _PROVIDER_PATTERN.match(text):
+        raise ValueError(f'"{text}" is not a provider domain: write "gmail.com" or "hotmail.*"')
+    return text
+
+
+ProviderPattern = Annotated[str, AfterValidator(_provider_pattern)]
+GroupName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+class WarmupEntry(Strict):
+    """[warmup."news.example.com"] (or [warmup.server])."""
+
+    start: _dt.date
+    daily: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    providers: list[GroupName] = ["gmail", "microsoft", "yahoo"]
+
+
+def _warmup_key(text: str) -> str:
+    text = text.lower()
+    if text != "server" and not is_domain(text):
+        raise ValueError(f'"{text}" is neither a From domain nor "server"')
+    return text
+
+
+WarmupKey = Annotated[str, AfterValidator(_warmup_key)]
+
+
 class RateOverride(Strict):
     messages: list[RateSpec] | None = None
     recipients: list[RateSpec] | None = None
@@ -251,6 +314,7 @@ class DomainPolicy(Strict):
     keys: list[KeyRef] = []
     rate: RateOverride | None = None
     bulk: bool = False
+    streams: DomainStreams | None = None  # streams.md
 
 
 class UserPolicy(Strict):
@@ -316,9 +380,35 @@ class PolicyFile(Strict):
     bulk: BulkSection | None = None
     rate: RateSection | None = None
     reports: ReportsSection | None = None
+    # streams.md: each defined in one file only
+    streams: StreamsSection | None = None
+    warmup: dict[WarmupKey, WarmupEntry] | None = None
+    providers: dict[GroupName, list[ProviderPattern]] | None = None
+
+    @model_validator(mode="after")
+    def _warmup_groups_exist(self) -> PolicyFile:
+        known = set(DEFAULT_PROVIDERS) | set(self.providers or {})
+        for key, entry in (self.warmup or {}).items():
+            for group in entry.providers:
+                if group not in known:
+                    raise ValueError(
+                        f'[warmup."{key}"].providers names "{group}", which is no [providers]'
+                        f" group (known: {', '.join(sorted(known))})"
+                    )
+        return self
 
 
-SINGLETON_SECTIONS = ("defaults", "local", "headers", "bulk", "rate", "reports")
+SINGLETON_SECTIONS = (
+    "defaults",
+    "local",
+    "headers",
+    "bulk",
+    "rate",
+    "reports",
+    "streams",
+    "warmup",
+    "providers",
+)
 
 
 class Policy(Strict):
@@ -333,6 +423,9 @@ class Policy(Strict):
     bulk: BulkSection = BulkSection()
     rate: RateSection = RateSection()
     reports: ReportsSection = ReportsSection()
+    streams: StreamsSection = StreamsSection()
+    warmup: dict[str, WarmupEntry] = {}
+    providers: dict[str, list[str]] = {}  # as written; provider_groups() adds the defaults
     outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
     hash: str = ""
 
@@ -344,6 +437,9 @@ class Policy(Strict):
             if rate is not None:
                 specs += [*(rate.messages or []), *(rate.recipients or [])]
         return sorted({parse_rate(s)[1] for s in specs})
+
+    def provider_groups(self) -> dict[str, list[str]]:
+        return {**DEFAULT_PROVIDERS, **self.providers}
 
     def hosted_domain(self, domain: str) -> str | None:
         """The [domains] entry that hosts `domain`, honouring include_subdomains, or None."""

@@ -33,6 +33,7 @@ from postwarden.config.loader import daemon_changes
 from postwarden.metrics import Collector, Endpoint, Watch, serve
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
+from postwarden.milter.releaser import Releaser
 from postwarden.milter.runtime import Runtime
 from postwarden.store import daemon_state
 from postwarden.store.db import open_db
@@ -116,6 +117,8 @@ class Daemon:
         self.started_at = datetime.now(UTC).isoformat()
         self.endpoint: Endpoint | None = None
         self.watch: Watch | None = None
+        # streams.md: releases paced and warm-up holds, under the policy in force.
+        self.releaser = Releaser(config.daemon.store.database, lambda: self.runtime.config)
 
     # ---- reload --------------------------------------------------------------------------------
 
@@ -244,6 +247,7 @@ class Daemon:
         )
         serving.start()
         self._start_metrics()
+        self.releaser.start()
         for sig in handled:
             signal.signal(sig, self._on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
@@ -279,6 +283,7 @@ class Daemon:
 
     def _shutdown(self, pidfile: Path) -> None:
         self._stop_metrics()
+        self.releaser.stop()
         self.writer.flush_and_stop()
         with contextlib.suppress(FileNotFoundError):
             if pidfile.read_text().strip() == str(os.getpid()):

@@ -20,11 +20,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from datetime import datetime
 from typing import Protocol
 
 from postwarden.config import Config
 from postwarden.config.keys import LoadedKey
+from postwarden.milter.clock import schedule_today
 from postwarden.milter.notify import LockEvent, Notifier
 from postwarden.policy import Action, Facts, Verdict, evaluate
 from postwarden.policy.html import wrap_bare_html
@@ -36,12 +38,18 @@ from postwarden.policy.model import (
     LockSender,
     Notify,
     Reply,
+    Schedule,
     Sign,
+    StreamHeader,
+    WarmupCount,
     WrapHtml,
 )
 from postwarden.policy.route import Route, route
 from postwarden.signing import RelaxedBodyHasher, Signature, sign
+from postwarden.store import pacing
 from postwarden.store.rates import RateStore, RateTransaction
+
+STREAM_HEADER = "X-Postwarden-Stream"  # streams.md: added outside the signature
 
 log = logging.getLogger("postwarden")
 
@@ -145,8 +153,9 @@ def prepare(
         raise StepFailed(verdict, step, exc) from exc
 
 
-def write(verdict: Verdict, tx: RateTransaction | None, queue_id: str) -> None:
-    """Steps count and lock: in the sender's transaction, committed with the outcome."""
+def write(verdict: Verdict, tx: RateTransaction | None, queue_id: str, day: str = "") -> None:
+    """Steps count and lock: in the sender's transaction, committed with the outcome. With
+    them (streams.md): warm-up counts of `day`, and a paced hold's place on the schedule."""
     step = "count"
     try:
         _at(step)
@@ -158,6 +167,13 @@ def write(verdict: Verdict, tx: RateTransaction | None, queue_id: str) -> None:
         if tx is not None:
             for lock in verdict.of(LockSender):
                 tx.lock(lock.cap, queue_id)
+            # ---- streams.md ----
+            for wc in verdict.of(WarmupCount):
+                pacing.add_warmup(tx.conn, day, wc.charges)
+            for sc in verdict.of(Schedule):
+                if not queue_id:
+                    raise RuntimeError("a paced message without a queue id cannot be scheduled")
+                pacing.enqueue(tx.conn, queue_id, tx.now, verdict.identity, sc.pace, sc.charges)
     except Exception as exc:
         raise StepFailed(verdict, step, exc) from exc
 
@@ -180,6 +196,9 @@ def tell_postfix(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
         for signature in prepared.signatures:
             # Postfix takes LF-folded header values from a milter and writes CRLF itself.
             io.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
+        for stream in verdict.of(StreamHeader):
+            # After signing, at the end: in no h=; Postfix routes on it and strips it on the way out.
+            io.addheader(STREAM_HEADER, stream.stream)
         for hold in verdict.of(Hold):
             io.quarantine(reply_text(hold.text))
         for reply in verdict.of(Reply):
@@ -237,7 +256,13 @@ def carry_out(
     verdict: Verdict | None = None
     try:
         with rates.transaction(r.identity, windows, now) as tx:
-            verdict = evaluate(facts, policy, now, tx.state, r)
+            state, day = tx.state, ""
+            if policy.warmup:  # streams.md: today's warm-up counts, read in this transaction
+                day = schedule_today(now).isoformat()
+                state = dc_replace(
+                    state, warmup_today=day, warmup=pacing.warmup_state(tx.conn, day)
+                )
+            verdict = evaluate(facts, policy, now, state, r)
             same = _same_work(early, verdict)
             if early_failure is not None and same:
                 raise StepFailed(verdict, early_failure.step, early_failure.cause)
@@ -245,7 +270,7 @@ def carry_out(
                 prepared = early_prepared
             else:
                 prepared = prepare(verdict, msg, config.keys, now)
-            write(verdict, tx, facts.queue_id)
+            write(verdict, tx, facts.queue_id, day)
             tell_postfix(verdict, prepared, io)
             _at("commit")
     except StepFailed:

@@ -107,6 +107,7 @@ class Runtime:
             "duration_ms": round(duration_ms, 3),
             "error": f"{verdict.step}: {verdict.error}" if verdict.step else verdict.error,
             "headers": header_block(facts.headers),
+            "stream": verdict.stream,  # streams.md
         }
         self.writer.insert("decisions", row)
         self.metrics.observe(facts, verdict, duration_ms, signatures or [])
@@ -135,6 +136,8 @@ def log_line(
         f"rcpts={len(facts.rcpts)}",
         f"size={facts.size}",
     ]
+    if verdict.stream:
+        parts.append(f"stream={verdict.stream}")  # streams.md
     if verdict.reasons:
         parts.append("reasons=" + ",".join(r.key for r in verdict.reasons))
     if signatures:

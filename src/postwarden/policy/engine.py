@@ -13,8 +13,9 @@ from datetime import datetime
 from postwarden.config.models import Policy
 from postwarden.policy import checks as _checks  # noqa: F401  (registers every check)
 from postwarden.policy.address import FromResult, header_from
+from postwarden.policy.checks.bulk import why_bulk  # streams.md
 from postwarden.policy.hygiene import header_edits, removed_names, repair_edits
-from postwarden.policy.model import (
+from postwarden.policy.model import (  # streams.md
     Action,
     Count,
     Effect,
@@ -23,13 +24,21 @@ from postwarden.policy.model import (
     RateState,
     Reason,
     Reply,
+    Schedule,
     Sign,
+    StreamHeader,
     Verdict,
+    WarmupCount,
     WrapHtml,
 )
 from postwarden.policy.registry import checks
 from postwarden.policy.repair import Repairs, repair_headers
 from postwarden.policy.route import Route, route
+from postwarden.policy.streams import warmup_charges  # streams.md
+
+# streams.md: a message held only for these is on the releaser's schedule; any other hold (a lock) is not.
+PACING_KEYS = frozenset({"pace.paced", "warmup.paced"})
+# ----
 
 NO_FROM = FromResult(problem="not read")
 
@@ -114,6 +123,7 @@ def evaluate(
         from_domain=parsed_from.domain,
         hosted_domain=hosted or "",
         policy_hash=policy.hash,
+        stream=("bulk" if why_bulk(ctx) else "transactional") if ours else "",  # streams.md
     )
     return replace(verdict, effects=plan(ctx, verdict) if ours else ())
 
@@ -136,7 +146,25 @@ def plan(ctx: Context, verdict: Verdict) -> tuple[Effect, ...]:
         effects += reason.effects  # a lock and its notice
     if action == Action.QUARANTINE:
         effects.append(Hold("postwarden: " + "; ".join(x.key for x in verdict.deciding_reasons())))
+    effects += _stream_effects(ctx, verdict)
     reply = verdict.reply()
     if reply is not None:
         effects.append(Reply(*reply))
     return tuple(effects)
+
+
+def _stream_effects(ctx: Context, verdict: Verdict) -> list[Effect]:
+    """streams.md: the stream header on mail that leaves (outside the signature); mail held
+    only to be paced goes on the releaser's schedule; accepted mail counts against warm-up."""
+    out: list[Effect] = []
+    action = verdict.action
+    if action not in (Action.ACCEPT, Action.QUARANTINE):
+        return out
+    out.append(StreamHeader("bulk" if verdict.stream == "bulk" else "transactional"))
+    charges = warmup_charges(ctx.policy, verdict.from_domain, ctx.facts.rcpts)
+    deciding = {r.key for r in verdict.deciding_reasons()}
+    if action == Action.QUARANTINE and deciding <= PACING_KEYS:
+        out.append(Schedule("pace.paced" in deciding, charges))
+    elif action == Action.ACCEPT and charges:
+        out.append(WarmupCount(charges))
+    return out

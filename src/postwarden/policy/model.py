@@ -120,7 +120,49 @@ class Reply:
     text: str
 
 
-Effect = HeaderEdit | WrapHtml | Sign | Count | LockSender | Notify | Hold | Reply
+# ---- streams, pacing and warm-up (streams.md) ----
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    """X-Postwarden-Stream: bulk|transactional, added in the postfix step after the
+    DKIM-Signature headers, so it is in no signature's h= (Postfix routes on it and removes it)."""
+
+    stream: Literal["bulk", "transactional"]
+
+
+# One warm-up charge: (warm-up key: a From domain or "server", provider group, recipients).
+Charge = tuple[str, str, int]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Held only to be paced: put it on the releaser's schedule (in the rate transaction)."""
+
+    pace: bool  # bulk mail paced at [streams.bulk].pace
+    charges: tuple[Charge, ...] = ()  # counted against warm-up when released
+
+
+@dataclass(frozen=True)
+class WarmupCount:
+    """An accepted message's recipients, counted against today's warm-up allowance."""
+
+    charges: tuple[Charge, ...]
+
+
+Effect = (
+    HeaderEdit
+    | WrapHtml
+    | Sign
+    | Count
+    | LockSender
+    | Notify
+    | Hold
+    | Reply
+    | StreamHeader
+    | Schedule
+    | WarmupCount
+)
 
 # The order effects are applied in (milter/effects.py): everything that only computes first,
 # then the store's writes (uncommitted), then what Postfix is told, then the commit, then mail.
@@ -142,6 +184,16 @@ class RateState:
 
     lock: Lock | None = None
     counts: tuple[tuple[int, int, int], ...] = ()  # (window, messages, recipients)
+    # Warm-up (streams.md): the schedule's day ("YYYY-MM-DD", UTC) and per (key, group) the
+    # recipients counted today and the recipients of held messages still waiting.
+    warmup_today: str = ""
+    warmup: tuple[tuple[str, str, int, int], ...] = ()  # (key, group, sent today, waiting)
+
+    def warmup_of(self, key: str, group: str) -> tuple[int, int]:
+        for k, g, sent, waiting in self.warmup:
+            if (k, g) == (key, group):
+                return sent, waiting
+        return 0, 0
 
     def in_window(self, window: int) -> tuple[int, int]:
         for w, messages, recipients in self.counts:
@@ -180,6 +232,7 @@ class Verdict:
     effects: tuple[Effect, ...] = ()
     error: str = ""
     step: str = ""  # the step of the plan that failed (STEPS), or "decide"
+    stream: str = ""  # outbound mail: "bulk" or "transactional" (streams.md)
 
     def deciding_reasons(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.action == self.action)

@@ -172,6 +172,27 @@ def _m009_reports(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m011_streams(db: sqlite_utils.Database) -> None:
+    """streams.md: each decision's stream; the releaser's schedule of held messages (the hold
+    queue itself is the spool: a row names a queue id), its releases (the pace's sliding window)
+    and each day's warm-up counts."""
+    db.execute("ALTER TABLE decisions ADD COLUMN stream TEXT NOT NULL DEFAULT ''")
+    db.execute(
+        "CREATE TABLE paced (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue_id TEXT NOT NULL UNIQUE,"
+        " held_at REAL NOT NULL, identity TEXT NOT NULL, pace INTEGER NOT NULL,"
+        " charges TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'held', claimed_at REAL)"
+    )
+    db.execute(
+        "CREATE TABLE pace_releases (id INTEGER PRIMARY KEY, time REAL NOT NULL,"
+        " queue_id TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_pace_releases_time ON pace_releases (time)")
+    db.execute(
+        "CREATE TABLE warmup_counts (day TEXT NOT NULL, key TEXT NOT NULL, grp TEXT NOT NULL,"
+        " rcpts INTEGER NOT NULL, PRIMARY KEY (day, key, grp))"
+    )
+
+
 MIGRATIONS: list[tuple[str, Migration]] = [
     ("001_decisions", _m001_decisions),
     ("002_audit", _m002_audit),
@@ -182,6 +203,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("007_decision_headers", _m007_decision_headers),
     ("008_writer_health", _m008_writer_health),
     ("009_reports", _m009_reports),  # reports.md
+    ("011_streams", _m011_streams),  # streams.md
 ]
 
 

@@ -32,6 +32,7 @@ COLUMNS = [
     "duration_ms",
     "error",
     "headers",
+    "stream",  # streams.md (migration 011_streams)
 ]
 
 

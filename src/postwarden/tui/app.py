@@ -18,6 +18,7 @@ from postwarden.tui.screens import (
     QuarantineScreen,
     SendersScreen,
 )
+from postwarden.tui.streams_screen import StreamsScreen
 
 CSS = """
 .navbar { height: 1; background: $panel; }
@@ -64,6 +65,7 @@ class PostwardenApp(App[None]):
         "domains": DomainsScreen,
         "policy": PolicyScreen,
         "reports": ReportsScreen,
+        "streams": StreamsScreen,  # streams.md
     }
     BINDINGS = [
         Binding("1", "switch_mode('decisions')", "Decisions", show=False),
@@ -72,6 +74,7 @@ class PostwardenApp(App[None]):
         Binding("4", "switch_mode('domains')", "Domains", show=False),
         Binding("5", "switch_mode('policy')", "Policy", show=False),
         Binding("6", "switch_mode('reports')", "Reports", show=False),
+        Binding("7", "switch_mode('streams')", "Streams", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -87,7 +90,9 @@ class PostwardenApp(App[None]):
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for i, (mode, label) in enumerate([*SCREENS, ("reports", "Reports")], 1):
+        for i, (mode, label) in enumerate(
+            [*SCREENS, ("reports", "Reports"), ("streams", "Streams")], 1
+        ):
             yield SystemCommand(
                 f"Go to {label}",
                 f"the {label} screen (key {i})",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from postwarden import EX_CONFIG, control, dnsdoctor, policyedit, quarantine, senders
+from postwarden import EX_CONFIG, control, dnsdoctor, policyedit, quarantine, schedule, senders
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import Problem
 from postwarden.store import migrate, open_db
@@ -118,7 +118,10 @@ class Backend:
         """Every held message with its decision, oldest first (one postqueue call)."""
         messages = quarantine.held(self.postfix_dir)
         with self.lock:
-            return quarantine.with_decisions(self.db, messages)
+            items = quarantine.with_decisions(self.db, messages)
+            # streams.md: paced and warm-up holds say when they are due
+            schedule.annotate(self.db.conn, self.config.policy, self.now(), items)
+            return items
 
     def show(self, queue_id: str) -> str:
         return quarantine.show(self.postfix_dir, queue_id)

@@ -497,7 +497,7 @@ class QuarantineScreen(BaseScreen):
                         cell(m.queue_id),
                         cell(age(now - m.arrival_time)),
                         cell(m.identity or m.sender),
-                        cell(",".join(m.reasons)),
+                        cell(",".join(m.reasons) + (f" due {m.due[11:19]}Z" if m.due else "")),
                         cell(m.subject),
                         cell(m.header_from),
                     ],
