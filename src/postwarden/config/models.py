@@ -221,6 +221,7 @@ class DomainPolicy(Strict):
     keys: list[KeyRef] = []
     rate: RateOverride | None = None
     bulk: bool = False
+    contact: Address | None = None  # feedback.md: who hears about this domain's complaints
 
 
 class UserPolicy(Strict):
@@ -269,6 +270,35 @@ class ReportsSection(Strict):
     ready_days: int = Field(default=14, gt=0, le=366)
 
 
+# ---- [feedback] (feedback.md) -------------------------------------------------------------------
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """ "15m", "2h", "7d" (as `log --since` takes them) -> seconds."""
+    m = re.fullmatch(r"([0-9]{1,6})([smhd])", text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f'"{text}" is not a duration: write 15m, 2h or 7d')
+    return int(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def _duration(text: str) -> str:
+    parse_duration(text)
+    return text.strip()
+
+
+class FeedbackSection(Strict):
+    scope: Literal["domain", "server"] = "domain"
+    notice_interval: Annotated[str, AfterValidator(_duration)] = "1h"
+    alert_rate: float = Field(default=0.001, gt=0, le=1)
+    feedback_id: bool = False
+
+    @property
+    def notice_interval_s(self) -> int:
+        return parse_duration(self.notice_interval)
+
+
 # ---- merged policy ---------------------------------------------------------------------------
 
 
@@ -283,9 +313,10 @@ class PolicyFile(Strict):
     bulk: BulkSection | None = None
     rate: RateSection | None = None
     reports: ReportsSection | None = None
+    feedback: FeedbackSection | None = None
 
 
-SINGLETON_SECTIONS = ("defaults", "local", "headers", "bulk", "rate", "reports")
+SINGLETON_SECTIONS = ("defaults", "local", "headers", "bulk", "rate", "reports", "feedback")
 
 
 class Policy(Strict):
@@ -300,6 +331,7 @@ class Policy(Strict):
     bulk: BulkSection = BulkSection()
     rate: RateSection = RateSection()
     reports: ReportsSection = ReportsSection()
+    feedback: FeedbackSection = FeedbackSection()
     outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
     hash: str = ""
 
