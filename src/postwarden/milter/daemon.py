@@ -35,6 +35,7 @@ from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
 from postwarden.store import daemon_state
 from postwarden.store.db import open_db
+from postwarden.store.feedback import SuppressionLookup
 from postwarden.store.rates import RateStore
 from postwarden.store.writer import Writer
 
@@ -107,6 +108,7 @@ class Daemon:
                 secret,
             ),
             notice_secret=secret,
+            suppressions=SuppressionLookup(config.daemon.store.database),
         )
         self.reload_seq = 0
         self.started_at = datetime.now(UTC).isoformat()
@@ -187,8 +189,10 @@ class Daemon:
 
         Milter.factory = adapter.factory(self.runtime)
         # Only the actions used: added and removed headers (hygiene, DKIM-Signature), a
-        # replaced body (bare HTML wrapped), the hold queue.
-        Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY)
+        # replaced body (bare HTML wrapped), the hold queue, a suppressed recipient removed.
+        Milter.set_flags(
+            Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.DELRCPT
+        )
         _prepare_socket_dir(cfg.milter.socket)
         log.info(
             "starting on %s with policy %s, database %s",

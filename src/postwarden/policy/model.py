@@ -26,6 +26,17 @@ class Action(enum.IntEnum):
 
 
 @dataclass(frozen=True)
+class Suppression:
+    """An active suppression (feedback.md): `address` gets no mail from `domain` ("" = every
+    domain on the server), since `since`, for `reason`."""
+
+    address: str
+    domain: str
+    since: str  # ISO time
+    reason: str
+
+
+@dataclass(frozen=True)
 class Facts:
     """What the milter saw of one message. Gathered by callbacks; judged by evaluate()."""
 
@@ -47,6 +58,9 @@ class Facts:
     system_notice: bool = False
     smtputf8: bool = False  # MAIL FROM ... SMTPUTF8: 8-bit headers are allowed
     mime_problem: str = ""  # why the body's MIME structure cannot be taken (too deep), or ""
+    # The active suppressions of these recipients (any domain), read by the adapter at
+    # end-of-message; the suppression check keeps those for the header From domain.
+    suppressed: tuple[Suppression, ...] = ()
 
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
@@ -119,7 +133,34 @@ class Reply:
     text: str
 
 
-Effect = HeaderEdit | WrapHtml | Sign | Count | LockSender | Notify | Hold | Reply
+@dataclass(frozen=True)
+class RemoveRcpt:
+    """Remove a suppressed recipient from the envelope (milter delrcpt, the postfix step)."""
+
+    address: str
+
+
+@dataclass(frozen=True)
+class NotifySender:
+    """Mail the envelope sender which recipients were removed, and why (after the commit)."""
+
+    to: str
+    subject: str
+    text: str
+
+
+Effect = (
+    HeaderEdit
+    | WrapHtml
+    | Sign
+    | Count
+    | LockSender
+    | Notify
+    | Hold
+    | Reply
+    | RemoveRcpt
+    | NotifySender
+)
 
 # The order effects are applied in (milter/effects.py): everything that only computes first,
 # then the store's writes (uncommitted), then what Postfix is told, then the commit, then mail.

@@ -4,15 +4,14 @@ RCPT, complaint notices gathered per interval, and the counts `feedback stats` s
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from postwarden.policy.model import Suppression
 from postwarden.store.db import open_db
 
 # Complaints: the types that suppress and that count in a domain's complaint rate.
@@ -43,16 +42,6 @@ REPORT_COLS = (
     "raw_size",
     "raw",
 )
-
-
-@dataclass(frozen=True)
-class Suppressed:
-    """One active suppression: `address` gets no mail from `domain` ("" = every domain)."""
-
-    address: str
-    domain: str
-    since: str  # ISO time
-    reason: str
 
 
 def insert_report(db: sqlite_utils.Database, record: dict[str, Any]) -> tuple[int, bool]:
@@ -147,16 +136,16 @@ def suppressions(db: sqlite_utils.Database, domain: str | None = None) -> list[d
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def active_for(conn: sqlite3.Connection, addresses: list[str]) -> list[Suppressed]:
+def active_for(conn: sqlite3.Connection, addresses: list[str]) -> list[Suppression]:
     """Every active suppression of these recipients (any domain): one index probe each."""
-    out: list[Suppressed] = []
+    out: list[Suppression] = []
     for address in dict.fromkeys(a.lower() for a in addresses):
         for row in conn.execute(
             "SELECT address, domain, created_at, reason FROM suppressions"
             " WHERE address = ? AND removed_at IS NULL",
             [address],
         ):
-            out.append(Suppressed(*row))
+            out.append(Suppression(*row))
     return out
 
 
@@ -174,14 +163,14 @@ class SuppressionLookup:
             self._local.conn = conn
         return conn
 
-    def at_rcpt(self, address: str, domain: str) -> Suppressed | None:
+    def at_rcpt(self, address: str, domain: str) -> Suppression | None:
         """The suppression that refuses `address` for mail from `domain`, or None."""
         for s in active_for(self._conn(), [address]):
             if s.domain in ("", domain.lower()):
                 return s
         return None
 
-    def for_rcpts(self, addresses: list[str]) -> list[Suppressed]:
+    def for_rcpts(self, addresses: list[str]) -> list[Suppression]:
         return active_for(self._conn(), addresses)
 
 
@@ -273,7 +262,3 @@ def reports(db: sqlite_utils.Database, limit: int = 100) -> list[dict[str, Any]]
     )
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

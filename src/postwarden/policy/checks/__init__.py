@@ -1,5 +1,13 @@
 """Every check module, imported so that each registers itself. One file per check."""
 
-from postwarden.policy.checks import bulk, from_domain, headers, identity, outbound, rate
+from postwarden.policy.checks import (
+    bulk,
+    from_domain,
+    headers,
+    identity,
+    outbound,
+    rate,
+    suppression,
+)
 
-__all__ = ["bulk", "from_domain", "headers", "identity", "outbound", "rate"]
+__all__ = ["bulk", "from_domain", "headers", "identity", "outbound", "rate", "suppression"]

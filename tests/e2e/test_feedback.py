@@ -1,0 +1,218 @@
+"""Feedback loops end to end through the private Postfix (feedback.md): a complaint about a
+delivered copy suppresses the recipient at RCPT (SMTP) and at end-of-message (sendmail(1)),
+for its From domain only; the sender is told once; the list is managed by hand."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.conftest import Stack, module_stack
+from tests.helpers import message
+
+ALICE = "alice@example.com"
+BOB = "bob@remote.test"
+CAROL = "carol@remote.test"
+DAVE = "dave@remote.test"
+
+
+@pytest.fixture(scope="module")
+def fb_stack() -> Iterator[Stack]:
+    for s in module_stack("feedback"):
+        s.allow_local("alice", [ALICE])  # sendmail(1) with -f alice@example.com is local:alice
+        s.start()
+        yield s
+
+
+def pw(stack: Stack, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "postwarden", "--config", str(stack.config), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def sink_with(stack: Stack, token: str) -> list[bytes]:
+    return [
+        p.read_bytes()
+        for p in sorted(stack.sandbox.sink_dir.iterdir())
+        if p.is_file() and token.encode() in p.read_bytes()
+    ]
+
+
+def sent(stack: Stack, subject: str) -> list[bytes]:
+    """Delivered copies of the message with this Subject (not a notice quoting it)."""
+    return [
+        m
+        for m in sink_with(stack, subject)
+        if f"Subject: {subject}\r\n".encode() in m or f"Subject: {subject}\n".encode() in m
+    ]
+
+
+def delivered_to(stack: Stack, queue_id: str) -> set[str]:
+    """The recipients Postfix delivered (status=sent) for this queue id, from its log."""
+    log = stack.sandbox.maillog.read_text(errors="replace")
+    return set(re.findall(rf"{queue_id}: to=<([^>]+)>.*status=sent", log))
+
+
+def queue_id_of(copy: bytes) -> str:
+    m = re.search(rb"\(Postfix[^)]*\)\s+(?:with\s+\S+\s+)?id\s+([0-9A-Za-z]+)", copy)
+    assert m, copy[:500]
+    return m.group(1).decode()
+
+
+def send(
+    stack: Stack, rcpts: list[str], token: str, login: str = ALICE
+) -> tuple[dict[str, tuple[int, str]], int]:
+    """One SMTP transaction as `login`: each recipient's reply, and DATA's code."""
+    replies: dict[str, tuple[int, str]] = {}
+    with stack.sandbox.session(login=login) as s:
+        code, _ = s.mail(login)
+        assert code == 250
+        for r in rcpts:
+            c, text = s.rcpt(r)
+            replies[r] = (c, text.decode(errors="replace"))
+        data_code = 0
+        if any(c == 250 for c, _ in replies.values()):
+            data_code, _ = s.data(
+                message(
+                    from_=f"Sender <{login}>",
+                    to=", ".join(rcpts),
+                    subject=token,
+                    extra=f"Message-ID: <{token}@{login.split('@')[1]}>\r\n",
+                )
+            )
+    return replies, data_code
+
+
+def arf_about(copy: bytes, rcpt: str, ftype: str = "abuse", drop_message_id: bool = False) -> bytes:
+    """A provider's RFC 5965 report about a delivered copy (its headers, as pipe(8) hands it)."""
+    head = copy.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    if drop_message_id:  # a provider that rewrote it: the queue id in Received must join it
+        head = re.sub(rb"(?im)^message-id:.*\n?", b"", head)
+    return (
+        b"From: Provider FBL <fbl@provider.test>\n"
+        b"To: fbl@mail.sandbox.test\n"
+        b"Subject: complaint\n"
+        b"Message-ID: <" + uuid.uuid4().hex.encode() + b"@provider.test>\n"
+        b"MIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="xx"\n\n'
+        b"--xx\nContent-Type: text/plain\n\nA user reported this as spam.\n"
+        b"--xx\nContent-Type: message/feedback-report\n\n"
+        b"Feedback-Type: " + ftype.encode() + b"\nUser-Agent: provider-fbl/1\nVersion: 1\n"
+        b"Original-Rcpt-To: <" + rcpt.encode() + b">\n\n"
+        b"--xx\nContent-Type: text/rfc822-headers\n\n" + head + b"\n\n--xx--\n"
+    )
+
+
+def test_a_complaint_suppresses_the_recipient_and_the_sender_is_told(fb_stack: Stack) -> None:
+    sb = fb_stack.sandbox
+    first = f"first-{uuid.uuid4().hex[:8]}"
+    replies, code = send(fb_stack, [BOB], first)
+    assert replies[BOB][0] == 250 and code == 250
+    assert sb.wait_for(lambda: sent(fb_stack, first), 30)
+    copy = sent(fb_stack, first)[0]
+    qid = queue_id_of(copy)
+
+    # The abuse report, on stdin as pipe(8) hands it.
+    r = pw(fb_stack, "feedback", "ingest", stdin=arf_about(copy, BOB))
+    assert r.returncode == 0, r.stderr
+    assert b"suppressed" in r.stdout, r.stdout
+    listed = json.loads(pw(fb_stack, "suppression", "list", "--json").stdout)
+    assert [(e["address"], e["domain"]) for e in listed] == [(BOB, "example.com")]
+
+    # SMTP: bob refused at RCPT with why and since when; carol delivered.
+    second = f"second-{uuid.uuid4().hex[:8]}"
+    replies, code = send(fb_stack, [BOB, CAROL], second)
+    assert replies[BOB][0] == 550, replies
+    assert "suppressed for mail from example.com since" in replies[BOB][1]
+    assert re.search(r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", replies[BOB][1])
+    assert replies[CAROL][0] == 250 and code == 250
+    assert sb.wait_for(lambda: sent(fb_stack, second), 30)
+    qid2 = queue_id_of(sent(fb_stack, second)[0])
+    assert sb.wait_for(lambda: delivered_to(fb_stack, qid2) == {CAROL}, 15), delivered_to(
+        fb_stack, qid2
+    )
+
+    # sendmail(1): decided at end-of-message, bob removed and named in the decision, and
+    # alice told which recipient was removed.
+    third = f"third-{uuid.uuid4().hex[:8]}"
+    p = sb.sendmail(
+        message(from_=f"Alice <{ALICE}>", to=f"{BOB}, {CAROL}", subject=third), ALICE, [BOB, CAROL]
+    )
+    assert p.returncode == 0, p.stderr
+    sb.kick_pickup()
+    assert sb.wait_for(lambda: sent(fb_stack, third), 60)
+    qid3 = queue_id_of(sent(fb_stack, third)[0])
+    assert sb.wait_for(lambda: delivered_to(fb_stack, qid3) == {CAROL}, 15), delivered_to(
+        fb_stack, qid3
+    )
+    row = fb_stack.decision_for(qid3)
+    reasons: list[dict[str, str]] = row["reasons"]  # type: ignore[assignment]
+    removed = [x for x in reasons if f"{x['check']}.{x['code']}" == "suppression.removed"]
+    assert removed and BOB in removed[0]["text"], reasons
+    assert sb.wait_for(
+        lambda: [
+            m for m in sink_with(fb_stack, f"not delivered to <{BOB}>") if third.encode() in m
+        ],
+        60,
+    ), "no notice of the removed recipient"
+
+    # Another hosted domain's mail to bob goes (scope domain).
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    replies, code = send(fb_stack, [BOB], other, login="news@example.net")
+    assert replies[BOB][0] == 250 and code == 250, replies
+    assert sb.wait_for(lambda: sent(fb_stack, other), 30)
+
+    # Alice gets one complaint notice naming bob and the reported message.
+    def notices() -> list[bytes]:
+        return [
+            m
+            for m in sink_with(fb_stack, "reported your mail as spam")
+            if f"To: {ALICE}".encode() in m
+        ]
+
+    sb.kick_pickup()
+    assert sb.wait_for(lambda: notices(), 60), "no complaint notice reached the sink"
+    notice = notices()
+    assert len(notice) == 1
+    assert BOB.encode() in notice[0] and f"<{first}@example.com>".encode() in notice[0]
+    # ... passed as postwarden's own notice: never counted.
+    nqid = queue_id_of(notice[0])
+    assert any(x["code"] == "notice" for x in fb_stack.decision_for(nqid)["reasons"])  # type: ignore[union-attr]
+
+    # The same report again (a pipe(8) retry) is stored once.
+    again = pw(fb_stack, "feedback", "ingest", stdin=arf_about(copy, BOB))
+    assert again.returncode == 0 and b"already stored" in again.stdout
+
+    # remove lets bob through; add stops dave.
+    assert pw(fb_stack, "suppression", "remove", BOB, "--note", "asked back").returncode == 0
+    back = f"back-{uuid.uuid4().hex[:8]}"
+    replies, code = send(fb_stack, [BOB], back)
+    assert replies[BOB][0] == 250 and code == 250
+    assert pw(fb_stack, "suppression", "add", DAVE, "--domain", "example.com").returncode == 0
+    replies, _ = send(fb_stack, [DAVE], f"dave-{uuid.uuid4().hex[:8]}")
+    assert replies[DAVE][0] == 550 and "suppressed" in replies[DAVE][1]
+    _ = qid
+
+
+def test_a_not_spam_report_suppresses_nothing(fb_stack: Stack) -> None:
+    token = f"ns-{uuid.uuid4().hex[:8]}"
+    replies, code = send(fb_stack, [CAROL], token)
+    assert code == 250
+    assert fb_stack.sandbox.wait_for(lambda: sent(fb_stack, token), 30)
+    copy = sent(fb_stack, token)[0]
+    r = pw(fb_stack, "feedback", "ingest", stdin=arf_about(copy, CAROL, "not-spam"))
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(pw(fb_stack, "suppression", "list", "--json").stdout)
+    assert CAROL not in [e["address"] for e in listed]
+    replies, code = send(fb_stack, [CAROL], f"ns2-{uuid.uuid4().hex[:8]}")
+    assert replies[CAROL][0] == 250 and code == 250
