@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from postwarden.config import load_config
+from tests.dkim_verify import opendkim_results, records_for, signature_tags
 from tests.e2e.conftest import Stack, module_stack
 from tests.helpers import message
 
@@ -24,7 +26,7 @@ DAVE = "dave@remote.test"
 
 @pytest.fixture(scope="module")
 def fb_stack() -> Iterator[Stack]:
-    for s in module_stack("feedback"):
+    for s in module_stack("feedback", "[feedback]\nfeedback_id = true\n"):
         s.allow_local("alice", [ALICE])  # sendmail(1) with -f alice@example.com is local:alice
         s.start()
         yield s
@@ -216,3 +218,34 @@ def test_a_not_spam_report_suppresses_nothing(fb_stack: Stack) -> None:
     assert CAROL not in [e["address"] for e in listed]
     replies, code = send(fb_stack, [CAROL], f"ns2-{uuid.uuid4().hex[:8]}")
     assert replies[CAROL][0] == 250 and code == 250
+
+
+def test_feedback_id_is_added_before_signing_and_verifies_under_opendkim(fb_stack: Stack) -> None:
+    token = f"fid-{uuid.uuid4().hex[:8]}"
+    # The sender's own Feedback-ID is replaced, never doubled.
+    with fb_stack.sandbox.session(login=ALICE) as s:
+        s.sendmail(
+            ALICE,
+            ["frank@remote.test"],
+            message(
+                from_=f"Alice <{ALICE}>",
+                to="frank@remote.test",
+                subject=token,
+                extra="Feedback-ID: forged:x:y:z\r\n",
+            ),
+        )
+    assert fb_stack.sandbox.wait_for(lambda: sent(fb_stack, token), 30)
+    raw = sent(fb_stack, token)[0]
+    values = re.findall(rb"(?im)^Feedback-ID:[ \t]*(.*)$", raw)
+    assert len(values) == 1, values
+    stream, tag, domain, host = values[0].decode().strip().split(":")
+    assert (stream, domain, host) == ("transactional", "example.com", "mail.sandbox.test")
+    assert re.fullmatch(r"[0-9a-f]{16}", tag) and "alice" not in tag
+    tags = signature_tags(raw)
+    assert len(tags) == 2
+    for t in tags:
+        signed = [h.strip().lower() for h in t["h"].split(":")]
+        assert signed.count("feedback-id") == 1, t["h"]
+    config = load_config(fb_stack.config)
+    records = records_for([k for keys in config.keys.values() for k in keys])
+    assert opendkim_results(raw, records) == ["pass", "pass"]

@@ -280,6 +280,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         return Facts(
             mime_problem=mime_problem,
             suppressed=self._suppressed() if final else (),
+            tag_key=self.runtime.notice_secret,
             # Asked once, at end-of-message: a notice's token is taken when it is seen.
             system_notice=final
             and (local or self._notice_service())

@@ -13,7 +13,8 @@ from datetime import datetime
 from postwarden.config.models import Policy
 from postwarden.policy import checks as _checks  # noqa: F401  (registers every check)
 from postwarden.policy.address import FromResult, header_from
-from postwarden.policy.hygiene import header_edits
+from postwarden.policy.checks.bulk import why_bulk
+from postwarden.policy.hygiene import feedback_id_edits, header_edits
 from postwarden.policy.model import (
     Action,
     Count,
@@ -109,6 +110,9 @@ def plan(ctx: Context, verdict: Verdict) -> tuple[Effect, ...]:
     leaves = action in (Action.ACCEPT, Action.QUARANTINE)
     if leaves and ctx.hosted_domain:
         effects += header_edits(facts, policy, ctx.now, verdict.from_domain)
+        if policy.feedback.feedback_id:  # feedback.md: Gmail's feedback loop, inside h=
+            stream = "bulk" if why_bulk(ctx) else "transactional"
+            effects += feedback_id_edits(facts, ctx.identity, verdict.from_domain, stream)
         if policy.headers.wrap_bare_html:
             effects.append(WrapHtml())
         effects.append(Sign(ctx.hosted_domain))

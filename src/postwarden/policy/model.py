@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 E = TypeVar("E")
@@ -61,6 +61,8 @@ class Facts:
     # The active suppressions of these recipients (any domain), read by the adapter at
     # end-of-message; the suppression check keeps those for the header From domain.
     suppressed: tuple[Suppression, ...] = ()
+    # The server's key for Feedback-ID sender tags (feedback.md): stable, not reversible.
+    tag_key: str = field(default="", repr=False)
 
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
