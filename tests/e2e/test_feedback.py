@@ -5,11 +5,14 @@ for its From domain only; the sender is told once; the list is managed by hand."
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,10 +27,71 @@ CAROL = "carol@remote.test"
 DAVE = "dave@remote.test"
 
 
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "postfix"
+FBL = "fbl@mail.sandbox.test"
+
+
+def install_feedback_pipe(stack: Stack) -> None:
+    """deploy/postfix/master.cf.feedback and transport.feedback, as shipped, in the private
+    Postfix. Only the program path differs: this checkout's postwarden, run by the system
+    python3 (pipe(8) refuses root, and the postwarden user cannot enter /root's pyenv)."""
+    sb = stack.sandbox
+    repo = Path(__file__).resolve().parents[2]
+    site = next((repo / ".venv" / "lib").glob("python3*/site-packages"))
+    program = (
+        f"/usr/bin/env PYTHONPATH={repo / 'src'}:{site} /usr/bin/python3 -m postwarden"
+        f" --config {stack.config}"
+    )
+    service = [
+        line.replace("/usr/local/bin/postwarden --config /etc/postwarden/postwarden.toml", program)
+        for line in (DEPLOY / "master.cf.feedback").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert service[0].split()[:8] == [
+        "postwarden-feedback",
+        "unix",
+        "-",
+        "n",
+        "n",
+        "-",
+        "2",
+        "pipe",
+    ]
+    with (sb.conf_dir / "master.cf").open("a") as fh:
+        fh.write("\n".join(service) + "\n")
+    maps = [
+        line.replace("fbl@mail.example.net", FBL)
+        for line in (DEPLOY / "transport.feedback").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    (sb.conf_dir / "transport").write_text("\n".join(maps) + "\n")
+    subprocess.run(["postmap", str(sb.conf_dir / "transport")], check=True)
+    subprocess.run(
+        [
+            "postconf",
+            "-c",
+            str(sb.conf_dir),
+            "-e",
+            f"transport_maps = hash:{sb.conf_dir / 'transport'}",
+            "postwarden-feedback_destination_recipient_limit = 1",
+        ],
+        check=True,
+    )
+
+
+def hand_to_postwarden_user(stack: Stack) -> None:
+    """What the .deb's postwarden user owns in production: the database and the key files."""
+    user = pwd.getpwnam("postwarden")
+    etc = stack.config.parent
+    for path in [etc, *etc.glob("postwarden.db*"), *(etc / "policies").rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
 @pytest.fixture(scope="module")
 def fb_stack() -> Iterator[Stack]:
     for s in module_stack("feedback", "[feedback]\nfeedback_id = true\n"):
         s.allow_local("alice", [ALICE])  # sendmail(1) with -f alice@example.com is local:alice
+        install_feedback_pipe(s)
         s.start()
         yield s
 
@@ -249,3 +313,30 @@ def test_feedback_id_is_added_before_signing_and_verifies_under_opendkim(fb_stac
     config = load_config(fb_stack.config)
     records = records_for([k for keys in config.keys.values() for k in keys])
     assert opendkim_results(raw, records) == ["pass", "pass"]
+
+
+def test_a_report_mailed_to_the_fbl_address_goes_through_the_pipe_service(fb_stack: Stack) -> None:
+    sb = fb_stack.sandbox
+    token = f"pipe-{uuid.uuid4().hex[:8]}"
+    grace = "grace@remote.test"
+    replies, code = send(fb_stack, [grace], token)
+    assert code == 250
+    assert sb.wait_for(lambda: sent(fb_stack, token), 30)
+    copy = sent(fb_stack, token)[0]
+    hand_to_postwarden_user(fb_stack)
+    # The provider rewrote the Message-ID: Postfix's queue id in Received joins the report.
+    report = arf_about(copy, grace, drop_message_id=True)
+    with sb.session() as s:
+        refused = s.sendmail("fbl-bounces@provider.test", [FBL], report)
+    assert refused == {}
+
+    def suppressed() -> list[dict[str, str]]:
+        out = pw(fb_stack, "suppression", "list", "--json")
+        return [e for e in json.loads(out.stdout or b"[]") if e["address"] == grace]
+
+    assert sb.wait_for(suppressed, 60), sb.maillog.read_text(errors="replace")[-3000:]
+    assert suppressed()[0]["domain"] == "example.com"
+    log = sb.maillog.read_text(errors="replace")
+    assert re.search(rf"to=<{FBL}>, relay=postwarden-feedback.*status=sent", log), log[-3000:]
+    replies, _ = send(fb_stack, [grace], f"pipe2-{uuid.uuid4().hex[:8]}")
+    assert replies[grace][0] == 550
