@@ -942,13 +942,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="The admin terminal UI over the same database and Postfix as these commands: "
         "decisions (live), the quarantine (view, release, delete), senders (unlock), domains "
         "(keys, DNS health, run a check), policy (edit, validate, save, reload) and reports (DMARC "
-        "pass share per domain, a daily chart, the sources, the next step). Keys: 1-6 "
+        "pass share per domain, a daily chart, the sources, the next step) and feedback (complaint "
+        "rates per domain, suppressions: add, remove). Keys: 1-7 "
         "switch screens, ctrl+p opens the command palette, ctrl+q quits; each screen's keys "
         "are in its footer. Esc never confirms anything.",
     )
     s.add_argument(
         "--screen",
-        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports"],
+        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports", "feedback"],
         default="decisions",
         help="the screen to open on (default decisions)",
     )

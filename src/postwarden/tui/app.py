@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from postwarden.tui.backend import Backend
+from postwarden.tui.feedback_screen import FeedbackScreen
 from postwarden.tui.reports_screen import ReportsScreen
 from postwarden.tui.screens import (
     SCREENS,
@@ -64,6 +65,7 @@ class PostwardenApp(App[None]):
         "domains": DomainsScreen,
         "policy": PolicyScreen,
         "reports": ReportsScreen,
+        "feedback": FeedbackScreen,
     }
     BINDINGS = [
         Binding("1", "switch_mode('decisions')", "Decisions", show=False),
@@ -72,6 +74,7 @@ class PostwardenApp(App[None]):
         Binding("4", "switch_mode('domains')", "Domains", show=False),
         Binding("5", "switch_mode('policy')", "Policy", show=False),
         Binding("6", "switch_mode('reports')", "Reports", show=False),
+        Binding("7", "switch_mode('feedback')", "Feedback", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -87,7 +90,9 @@ class PostwardenApp(App[None]):
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for i, (mode, label) in enumerate([*SCREENS, ("reports", "Reports")], 1):
+        for i, (mode, label) in enumerate(
+            [*SCREENS, ("reports", "Reports"), ("feedback", "Feedback")], 1
+        ):
             yield SystemCommand(
                 f"Go to {label}",
                 f"the {label} screen (key {i})",
