@@ -8,15 +8,21 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from postwarden.config import load_config
+from postwarden.config.models import Policy
 from postwarden.feedback import arf, suppression
 from postwarden.feedback.ingest import ingest
-from postwarden.feedback.stats import rates
+from postwarden.feedback.stats import alerts, rates
+from postwarden.policy import Action, Facts, evaluate
+from postwarden.policy.checks.suppression import rcpt_text
+from postwarden.policy.hygiene import sender_tag
+from postwarden.policy.model import HeaderEdit, NotifySender, RemoveRcpt, Suppression
 from postwarden.store import feedback as store
 from postwarden.store import migrate, open_db
 from tests.helpers import BASIC_POLICY, SHARED, write_config
@@ -281,3 +287,124 @@ def test_the_cli_ingests_every_corpus_file_and_hostile_input(tmp_path: Path) -> 
     stats = json.loads(_pw(cfg, "feedback", "stats", "--json", "--no-alert").stdout)
     assert {r["domain"] for r in stats} >= {"example.com", "example.net"}
     assert set(stats[0]["7d"]) == {"complaints", "delivered", "rate"}
+
+
+# ---- the suppression check and Feedback-ID: the pure engine ------------------------------------
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+def _facts(rcpts: tuple[str, ...], suppressed: tuple[Suppression, ...], **kw: object) -> Facts:
+    base: dict[str, object] = {
+        "auth_login": "alice@example.com",
+        "mail_from": "alice@example.com",
+        "rcpts": rcpts,
+        "headers": (
+            ("From", "Alice <alice@example.com>"),
+            ("Date", "Mon, 23 Nov 2026 10:00:00 +0000"),
+            ("Message-ID", "<x@example.com>"),
+            ("Subject", "hi"),
+        ),
+        "suppressed": suppressed,
+        "hostname": "mail.example.net",
+        "tag_key": "k",
+    }
+    base.update(kw)
+    return Facts(**base)  # type: ignore[arg-type]
+
+
+BOB_COM = Suppression("bob@remote.test", "example.com", "2026-11-22T09:00:00+00:00", "abuse report")
+
+
+def test_the_check_removes_only_recipients_suppressed_for_the_from_domain() -> None:
+    policy = load_policy()
+    v = evaluate(_facts(("Bob@remote.test", "carol@remote.test"), (BOB_COM,)), policy, NOW)
+    assert v.action == Action.ACCEPT
+    assert v.of(RemoveRcpt) == [RemoveRcpt("Bob@remote.test")]
+    reason = next(r for r in v.reasons if r.check == "suppression")
+    assert reason.code == "removed" and "bob@remote.test" in reason.text
+    assert "since 2026-11-22 09:00:00 UTC" in reason.text
+    notice = v.of(NotifySender)
+    assert len(notice) == 1 and notice[0].to == "alice@example.com"
+    # Another From domain: the entry does not apply; a server-wide one does.
+    other = _facts(
+        ("bob@remote.test", "carol@remote.test"),
+        (BOB_COM,),
+        auth_login="news@example.net",
+        mail_from="news@example.net",
+        headers=(("From", "news@example.net"), ("Date", "x"), ("Message-ID", "<y@example.net>")),
+    )
+    assert evaluate(other, policy, NOW).of(RemoveRcpt) == []
+    server = replace(BOB_COM, domain="")
+    assert evaluate(replace(other, suppressed=(server,)), policy, NOW).of(RemoveRcpt) == [
+        RemoveRcpt("bob@remote.test")
+    ]
+    # Every recipient suppressed: refused, naming them.
+    v = evaluate(_facts(("bob@remote.test",), (BOB_COM,)), policy, NOW)
+    assert v.action == Action.REJECT and v.of(RemoveRcpt) == []
+    assert "bob@remote.test" in v.reasons[-1].text
+    assert rcpt_text(BOB_COM).startswith(
+        "<bob@remote.test> is suppressed for mail from example.com"
+    )
+
+
+def load_policy(extra: str = "") -> Policy:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_config(write_config(Path(tmp), BASIC_POLICY + extra)).policy
+
+
+def test_feedback_id_is_planned_before_signing_with_a_stable_opaque_tag() -> None:
+    policy = load_policy("\n[feedback]\nfeedback_id = true\n")
+    f = _facts(
+        ("carol@remote.test",), (), headers=(*_facts((), ()).headers, ("Feedback-ID", "a:b:c:d"))
+    )
+    v = evaluate(f, policy, NOW)
+    edits = [e for e in v.edits if e.name == "Feedback-ID"]
+    assert edits[0] == HeaderEdit("remove", "Feedback-ID", 1)
+    value = edits[1].value
+    stream, tag, domain, host = value.split(":")
+    assert (stream, domain, host) == ("transactional", "example.com", "mail.example.net")
+    assert tag == sender_tag("sasl:alice@example.com", "k") and len(tag) == 16
+    assert tag != sender_tag("sasl:alice@example.com", "other key")
+    bulk_headers = (
+        ("Precedence", "bulk"),
+        ("List-Unsubscribe", "<https://example.com/u>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+    )
+    bulk = evaluate(replace(f, headers=(*f.headers, *bulk_headers)), policy, NOW)
+    added = next(e.value for e in bulk.edits if e.op == "add" and e.name == "Feedback-ID")
+    assert added.startswith("bulk:")
+    assert not [e for e in evaluate(f, load_policy(), NOW).edits if e.name == "Feedback-ID"]
+
+
+def test_the_rcpt_look_up_is_one_index_probe(tmp_path: Path) -> None:
+    cfg, db = _cfg(tmp_path)
+    plan = db.execute(  # type: ignore[attr-defined]
+        "EXPLAIN QUERY PLAN SELECT address, domain, created_at, reason FROM suppressions"
+        " WHERE address = ? AND removed_at IS NULL",
+        ["bob@remote.test"],
+    ).fetchall()
+    assert "idx_suppressions_active" in str(plan), plan
+    store.suppress(db, "bob@remote.test", "example.com", NOW.isoformat(), "admin", "x")  # type: ignore[arg-type]
+    lookup = store.SuppressionLookup(cfg.daemon.store.database)  # type: ignore[attr-defined]
+    assert lookup.at_rcpt("BOB@remote.test", "example.com") is not None
+    assert lookup.at_rcpt("bob@remote.test", "example.net") is None
+
+
+def test_an_alert_goes_to_rate_notify_once_a_day(tmp_path: Path) -> None:
+    cfg, db = _cfg(tmp_path, '\n[rate]\nnotify = ["postmaster@example.net"]\n')
+    _decision(db)
+    ingest(db, cfg, _arf(), send=lambda *a: None)  # type: ignore[arg-type]
+    mailed: list[tuple[list[str], str, str]] = []
+    now = datetime.now(UTC)
+    rows = rates(db, cfg, now)  # type: ignore[arg-type]
+    assert alerts(db, cfg, rows, now, lambda r, s, b: mailed.append((r, s, b))) == ["example.com"]  # type: ignore[arg-type]
+    assert mailed[0][0] == ["postmaster@example.net"] and "100.000%" in mailed[0][1]
+    assert alerts(db, cfg, rows, now + timedelta(hours=1), lambda *a: mailed.append(a)) == []  # type: ignore[arg-type]
+    assert alerts(
+        db, cfg, rows, now + timedelta(days=1, minutes=1), lambda *a: mailed.append(a)
+    ) == [  # type: ignore[arg-type]
+        "example.com"
+    ]

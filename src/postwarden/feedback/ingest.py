@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +122,8 @@ def ingest(
         "from_domain": from_domain,
         "mail_from": mail_from,
         "notice_to": notice_to,
+        # Everything read from it (shape, warnings, queue ids), beside the raw report.
+        "parsed": json.dumps(rep.as_dict(), sort_keys=True),
         "sha256": hashlib.sha256(data).hexdigest(),
         "raw_size": len(data),
         "raw": gzip.compress(data[: arf.MAX_INPUT], 6, mtime=0),

@@ -38,6 +38,7 @@ REPORT_COLS = (
     "from_domain",
     "mail_from",
     "notice_to",
+    "parsed",
     "sha256",
     "raw_size",
     "raw",

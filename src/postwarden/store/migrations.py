@@ -184,7 +184,8 @@ def _m010_feedback(db: sqlite_utils.Database) -> None:
         " reported_date TEXT NOT NULL, original_mail_from TEXT NOT NULL,"
         " decision_id INTEGER, queue_id TEXT NOT NULL, identity TEXT NOT NULL,"
         " from_domain TEXT NOT NULL, mail_from TEXT NOT NULL, notice_to TEXT NOT NULL,"
-        " notified_at TEXT, sha256 TEXT NOT NULL, raw_size INTEGER NOT NULL, raw BLOB NOT NULL)"
+        " notified_at TEXT, parsed TEXT NOT NULL, sha256 TEXT NOT NULL, raw_size INTEGER NOT NULL,"
+        " raw BLOB NOT NULL)"
     )
     db.execute("CREATE INDEX idx_feedback_domain ON feedback_reports (from_domain, received_at)")
     db.execute("CREATE INDEX idx_feedback_pending ON feedback_reports (notice_to, notified_at)")
