@@ -29,12 +29,15 @@ DAVE = "dave@remote.test"
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "postfix"
 FBL = "fbl@mail.sandbox.test"
+# pipe(8) refuses root. The .deb's postwarden user is not always on a test machine (the deploy
+# tests install and purge it), so the service runs as nobody, given what postwarden owns.
+PIPE_USER = "nobody"
 
 
 def install_feedback_pipe(stack: Stack) -> None:
     """deploy/postfix/master.cf.feedback and transport.feedback, as shipped, in the private
-    Postfix. Only the program path differs: this checkout's postwarden, run by the system
-    python3 (pipe(8) refuses root, and the postwarden user cannot enter /root's pyenv)."""
+    Postfix. Only the program path and the user differ: this checkout's postwarden, run by the
+    system python3 (a user other than root cannot enter /root's pyenv), as PIPE_USER."""
     sb = stack.sandbox
     repo = Path(__file__).resolve().parents[2]
     site = next((repo / ".venv" / "lib").glob("python3*/site-packages"))
@@ -43,7 +46,9 @@ def install_feedback_pipe(stack: Stack) -> None:
         f" --config {stack.config}"
     )
     service = [
-        line.replace("/usr/local/bin/postwarden --config /etc/postwarden/postwarden.toml", program)
+        line.replace(
+            "/usr/local/bin/postwarden --config /etc/postwarden/postwarden.toml", program
+        ).replace("user=postwarden", f"user={PIPE_USER}")
         for line in (DEPLOY / "master.cf.feedback").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
@@ -79,9 +84,9 @@ def install_feedback_pipe(stack: Stack) -> None:
     )
 
 
-def hand_to_postwarden_user(stack: Stack) -> None:
+def hand_to_pipe_user(stack: Stack) -> None:
     """What the .deb's postwarden user owns in production: the database and the key files."""
-    user = pwd.getpwnam("postwarden")
+    user = pwd.getpwnam(PIPE_USER)
     etc = stack.config.parent
     for path in [etc, *etc.glob("postwarden.db*"), *(etc / "policies").rglob("*")]:
         os.chown(path, user.pw_uid, user.pw_gid)
@@ -323,7 +328,7 @@ def test_a_report_mailed_to_the_fbl_address_goes_through_the_pipe_service(fb_sta
     assert code == 250
     assert sb.wait_for(lambda: sent(fb_stack, token), 30)
     copy = sent(fb_stack, token)[0]
-    hand_to_postwarden_user(fb_stack)
+    hand_to_pipe_user(fb_stack)
     # The provider rewrote the Message-ID: Postfix's queue id in Received joins the report.
     report = arf_about(copy, grace, drop_message_id=True)
     with sb.session() as s:
