@@ -396,15 +396,18 @@ def test_the_rcpt_look_up_is_one_index_probe(tmp_path: Path) -> None:
 def test_an_alert_goes_to_rate_notify_once_a_day(tmp_path: Path) -> None:
     cfg, db = _cfg(tmp_path, '\n[rate]\nnotify = ["postmaster@example.net"]\n')
     _decision(db)
-    ingest(db, cfg, _arf(), send=lambda *a: None)  # type: ignore[arg-type]
     mailed: list[tuple[list[str], str, str]] = []
+
+    def send(rcpts: list[str], subject: str, body: str) -> None:
+        mailed.append((rcpts, subject, body))
+
     now = datetime.now(UTC)
+    # The complaint lifts example.com to 1 over 1: the sender is told, and so is [rate].notify.
+    ingest(db, cfg, _arf(), now=now, send=send)  # type: ignore[arg-type]
+    assert [m[0] for m in mailed] == [["alice@example.com"], ["postmaster@example.net"]]
+    assert "example.com complaint rate 100.000%" in mailed[1][1]
     rows = rates(db, cfg, now)  # type: ignore[arg-type]
-    assert alerts(db, cfg, rows, now, lambda r, s, b: mailed.append((r, s, b))) == ["example.com"]  # type: ignore[arg-type]
-    assert mailed[0][0] == ["postmaster@example.net"] and "100.000%" in mailed[0][1]
-    assert alerts(db, cfg, rows, now + timedelta(hours=1), lambda *a: mailed.append(a)) == []  # type: ignore[arg-type]
-    assert alerts(
-        db, cfg, rows, now + timedelta(days=1, minutes=1), lambda *a: mailed.append(a)
-    ) == [  # type: ignore[arg-type]
-        "example.com"
-    ]
+    assert rows[0]["above_alert_rate"]
+    assert alerts(db, cfg, rows, now + timedelta(hours=1), send) == []  # type: ignore[arg-type]
+    later = now + timedelta(days=1, minutes=1)
+    assert alerts(db, cfg, rows, later, send) == ["example.com"]  # type: ignore[arg-type]

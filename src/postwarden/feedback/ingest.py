@@ -142,7 +142,21 @@ def ingest(
         )
         if send is not None:
             flush_notices(db, config, now, send)
+            _alert(db, config, now, from_domain, send)
     return Outcome("stored", rid, rep.feedback_type, rep.recipient, from_domain, done, reason)
+
+
+def _alert(
+    db: sqlite_utils.Database, config: Config, now: datetime, domain: str, send: SendNotice
+) -> None:
+    """A complaint that lifts its domain above [feedback].alert_rate alerts [rate].notify (at
+    most once a day, as `feedback stats` does)."""
+    from postwarden.feedback.stats import alerts, rates
+
+    try:
+        alerts(db, config, rates(db, config, now, domain), now, send)
+    except Exception as exc:  # noqa: BLE001  (an alert not sent is tried again next time)
+        log.error("complaint-rate alert for %s not sent: %s", domain, exc)
 
 
 def flush_notices(
