@@ -23,6 +23,7 @@ from postwarden.policy.model import (
     Hold,
     RateState,
     Reason,
+    RemoveRcpt,
     Reply,
     Sign,
     Verdict,
@@ -118,7 +119,9 @@ def plan(ctx: Context, verdict: Verdict) -> tuple[Effect, ...]:
         effects.append(Sign(ctx.hosted_domain))
     if leaves:
         # A rejected or tempfailed message uses none of the sender's allowance; a held one does.
-        effects.append(Count(ctx.identity, len(facts.rcpts)))
+        # Suppressed recipients removed from it (feedback.md) get nothing and are not counted.
+        removed = sum(isinstance(e, RemoveRcpt) for r in verdict.reasons for e in r.effects)
+        effects.append(Count(ctx.identity, len(facts.rcpts) - removed))
     for reason in verdict.reasons:
         effects += reason.effects  # a lock and its notice
     if action == Action.QUARANTINE:
