@@ -345,3 +345,35 @@ def test_a_report_mailed_to_the_fbl_address_goes_through_the_pipe_service(fb_sta
     assert re.search(rf"to=<{FBL}>, relay=postwarden-feedback.*status=sent", log), log[-3000:]
     replies, _ = send(fb_stack, [grace], f"pipe2-{uuid.uuid4().hex[:8]}")
     assert replies[grace][0] == 550
+
+
+def test_sendmail_mail_left_with_no_recipient_is_refused_and_returned(fb_stack: Stack) -> None:
+    """dave is suppressed for example.com (the first test's `suppression add`)."""
+    sb = fb_stack.sandbox
+    token = f"none-{uuid.uuid4().hex[:8]}"
+    p = sb.sendmail(message(from_=f"Alice <{ALICE}>", to=DAVE, subject=token), ALICE, [DAVE])
+    assert p.returncode == 0, p.stderr
+    sb.kick_pickup()
+
+    def refused() -> list[dict[str, object]]:
+        return [
+            d
+            for d in fb_stack.decisions(sender="local:alice")
+            if d["subject"] == token and d["action"] == "reject"
+        ]
+
+    assert sb.wait_for(refused, 60)
+    reasons = refused()[0]["reasons"]
+    assert [f"{x['check']}.{x['code']}" for x in reasons][-1] == "suppression.all_suppressed"  # type: ignore[index]
+    assert DAVE in reasons[-1]["text"]  # type: ignore[index]
+
+    # Postfix returns it to the sender with the reason: nothing disappears untold.
+    def bounce() -> list[bytes]:
+        return [
+            m
+            for m in sink_with(fb_stack, token)
+            if b"MAILER-DAEMON" in m and f"To: {ALICE}".encode() in m
+        ]
+
+    assert sb.wait_for(bounce, 60), "no bounce reached the sender"
+    assert b"suppressed" in bounce()[0]
