@@ -143,6 +143,15 @@ def test_the_shapes_providers_send() -> None:
         "carol@remote.test",
         "<m2@example.com>",
     )
+    bare = arf.parse(
+        b"From: user@provider.test\nContent-Type: message/rfc822\n\n"
+        b"From: alice@example.com\nTo: carol@remote.test\nMessage-ID: <m3@example.com>\n\nhi\n"
+    )
+    assert (bare.shape, bare.recipient, bare.message_id) == (
+        "forwarded",
+        "carol@remote.test",
+        "<m3@example.com>",
+    )
     assert arf.parse(b"\x00\xff garbage \x89PNG").problem
 
 
@@ -226,6 +235,23 @@ def test_ingest_joins_suppresses_once_and_notices_once_per_interval(tmp_path: Pa
     }
     stats = rates(db, cfg, now + timedelta(hours=3), "example.com")  # type: ignore[arg-type]
     assert stats[0]["7d"] == {"complaints": 3, "delivered": 1, "rate": 3.0}
+
+
+def test_the_domain_contact_hears_of_its_complaints(tmp_path: Path) -> None:
+    cfg, db = _cfg(tmp_path)
+    cfg = load_config(
+        write_config(
+            tmp_path,
+            BASIC_POLICY.replace(
+                '[domains."example.com"]\n',
+                '[domains."example.com"]\ncontact = "abuse-desk@example.com"\n',
+            ),
+        )
+    )
+    _decision(db)
+    sent: list[list[str]] = []
+    ingest(db, cfg, _arf(), send=lambda r, s, b: sent.append(r))  # type: ignore[arg-type]
+    assert sent == [["abuse-desk@example.com"]]
 
 
 def test_not_spam_suppresses_nothing_and_server_scope(tmp_path: Path) -> None:

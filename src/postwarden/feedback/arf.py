@@ -221,7 +221,7 @@ def parse(data: bytes) -> Report:
         elif is_feedback_type(kind):
             if feedback is None:
                 feedback = part
-        elif is_reported_type(kind) and part.depth > 0:
+        elif is_reported_type(kind) and (part.depth > 0 or kind == "message/rfc822"):
             inner = _decode(part.headers, part.body)
             inner_headers, inner_body = split_headers(inner)
             inner_kind, _ = content_type(inner_headers)
