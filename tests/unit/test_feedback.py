@@ -437,3 +437,28 @@ def test_an_alert_goes_to_rate_notify_once_a_day(tmp_path: Path) -> None:
     assert alerts(db, cfg, rows, now + timedelta(hours=1), send) == []  # type: ignore[arg-type]
     later = now + timedelta(days=1, minutes=1)
     assert alerts(db, cfg, rows, later, send) == ["example.com"]  # type: ignore[arg-type]
+
+
+def test_the_daemons_flusher_sends_what_waited_once_the_interval_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from postwarden.feedback import ingest as ingest_module
+
+    cfg, db = _cfg(tmp_path, '\n[feedback]\nnotice_interval = "15m"\n')
+    _decision(db)
+    sent: list[str] = []
+
+    def send(rcpts: list[str], subject: str, body: str) -> None:
+        sent.append(body)
+
+    now = datetime.now(UTC)
+    ingest(db, cfg, _arf(), now=now, send=send)  # type: ignore[arg-type]
+    ingest(db, cfg, _arf(rcpt="dave@remote.test"), now=now, send=send)  # type: ignore[arg-type]
+    assert len(sent) == 1  # dave's waits for the interval
+    monkeypatch.setattr(ingest_module, "notice_sender", lambda db, config: send)
+    flusher = ingest_module.NoticeFlusher(lambda: cfg)  # type: ignore[arg-type,return-value]
+    assert flusher.wait_s() == 60
+    assert flusher.flush_once(now + timedelta(minutes=5)) == 0
+    assert flusher.flush_once(now + timedelta(minutes=16)) == 1
+    assert "dave@remote.test" in sent[1] and "bob@remote.test" not in sent[1]
+    assert flusher.flush_once(now + timedelta(hours=2)) == 0  # nothing left

@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import json
 import logging
+import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +21,7 @@ from postwarden.config import Config
 from postwarden.feedback import arf
 from postwarden.policy.address import header_from
 from postwarden.store import feedback as store
+from postwarden.store.db import open_db
 from postwarden.store.feedback import COMPLAINT_TYPES
 
 log = logging.getLogger("postwarden")
@@ -141,8 +144,9 @@ def ingest(
             db, rep.recipient, scope_domain, now.isoformat(), "feedback", why, report=rid
         )
         if send is not None:
-            flush_notices(db, config, now, send)
             _alert(db, config, now, from_domain, send)
+    if send is not None:
+        flush_notices(db, config, now, send)
     return Outcome("stored", rid, rep.feedback_type, rep.recipient, from_domain, done, reason)
 
 
@@ -231,3 +235,36 @@ def notice_sender(db: sqlite_utils.Database, config: Config) -> SendNotice:
         submit(postfix_dir, recipients, build_notice(secret, hostname, recipients, subject, body))
 
     return send
+
+
+class NoticeFlusher(threading.Thread):
+    """In the daemon: complaints gathered while their sender's notice_interval ran are mailed
+    once it has passed, even when no later report comes in to carry them."""
+
+    def __init__(self, get_config: Callable[[], Config], period: float = 60) -> None:
+        super().__init__(name="postwarden-feedback-notices", daemon=True)
+        self.get_config = get_config
+        self.period = period
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.wait_s()):
+            self.flush_once()
+
+    def wait_s(self) -> float:
+        return float(min(self.period, self.get_config().policy.feedback.notice_interval_s))
+
+    def flush_once(self, now: datetime | None = None) -> int:
+        config = self.get_config()
+        try:
+            db = open_db(config.daemon.store.database)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("complaint notices: the database: %s", exc)
+            return 0
+        try:
+            return flush_notices(db, config, now or datetime.now(UTC), notice_sender(db, config))
+        except sqlite3.Error as exc:
+            log.error("complaint notices: the database: %s; trying again later", exc)
+            return 0
+        finally:
+            db.conn.close()

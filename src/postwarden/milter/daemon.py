@@ -30,6 +30,7 @@ import Milter
 from postwarden import EX_CONFIG, EX_TEMPFAIL
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import daemon_changes
+from postwarden.feedback.ingest import NoticeFlusher
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
@@ -110,6 +111,8 @@ class Daemon:
             notice_secret=secret,
             suppressions=SuppressionLookup(config.daemon.store.database),
         )
+        # Complaint notices gathered over [feedback].notice_interval (feedback.md).
+        self.flusher = NoticeFlusher(lambda: self.config)
         self.reload_seq = 0
         self.started_at = datetime.now(UTC).isoformat()
 
@@ -211,6 +214,7 @@ class Daemon:
             target=_serve_libmilter, args=(failure,), name="libmilter", daemon=True
         )
         serving.start()
+        self.flusher.start()
         for sig in handled:
             signal.signal(sig, self._on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
@@ -238,6 +242,7 @@ class Daemon:
         return 0
 
     def _shutdown(self, pidfile: Path) -> None:
+        self.flusher.stopping.set()
         self.writer.flush_and_stop()
         with contextlib.suppress(FileNotFoundError):
             if pidfile.read_text().strip() == str(os.getpid()):
