@@ -890,8 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
         "abuse), any line ends. The reported message's own headers say which message it was; "
         "it is joined to postwarden's decision of it (Message-ID, or the queue id in Postfix's "
         "Received line) for the sender identity and From domain. Each report is stored once, "
-        "raw report kept; an abuse, fraud or virus report suppresses the recipient for the "
-        "From domain ([feedback].scope) and mails the sender (or [domains].contact) at most "
+        "raw report kept; an abuse, fraud or virus report about a message postwarden sent to "
+        "that recipient suppresses it for the From domain ([feedback].scope) and mails the sender (or [domains].contact) at most "
         "once per [feedback].notice_interval; not-spam suppresses nothing. Exit 0 stored or "
         "ignored with a reason (on standard error), 75 retry later (database locked, a file "
         "unreadable, a config error): never a code that bounces the report.",

@@ -54,6 +54,17 @@ class Outcome:
         return what
 
 
+def _rcpts(decision: dict[str, object] | None) -> list[str]:
+    """The recipients postwarden's decision recorded (lower-cased)."""
+    if decision is None:
+        return []
+    try:
+        value = json.loads(str(decision.get("rcpts") or "[]"))
+    except ValueError:
+        return []
+    return [str(r).lower() for r in value if isinstance(r, str)] if isinstance(value, list) else []
+
+
 def _dedup_key(rep: arf.Report, normalised: bytes) -> str:
     if rep.problem == "" and rep.message_id and rep.recipient:
         text = f"{rep.feedback_type}\n{rep.recipient}\n{rep.message_id}"
@@ -93,10 +104,25 @@ def ingest(
     reason = rep.problem
     status = "ignored" if rep.problem else "stored"
     suppresses = status == "stored" and rep.feedback_type in COMPLAINT_TYPES
-    if suppresses and not rep.recipient:
-        reason, suppresses = "no complained recipient in it (redacted?): nothing suppressed", False
-    elif suppresses and not hosted:
+    sent_to = _rcpts(decision)
+    if suppresses and decision is not None and not rep.recipient and len(sent_to) == 1:
+        # A provider that redacts the recipient (AOL): postwarden's decision knows who it was.
+        rep.recipient = sent_to[0]
+        rep.warnings.append("the recipient taken from postwarden's decision (one recipient)")
+    if suppresses and not hosted:
         reason = f"From domain {from_domain or '(none)'} is not hosted here: nothing suppressed"
+        suppresses = False
+    elif suppresses and decision is None:
+        # Anyone can mail the FBL address: only a report about a message postwarden really
+        # sent to that recipient suppresses, so a forged report cannot stop anyone's mail.
+        reason = (
+            "not joined to a message postwarden sent (Message-ID, queue id): nothing suppressed"
+        )
+        suppresses = False
+    elif suppresses and not rep.recipient:
+        reason, suppresses = "no complained recipient in it (redacted?): nothing suppressed", False
+    elif suppresses and rep.recipient.lower() not in sent_to:
+        reason = f"<{rep.recipient}> is not a recipient of the reported message: nothing suppressed"
         suppresses = False
     elif status == "stored" and not suppresses and not reason:
         reason = f"{rep.feedback_type}: nothing suppressed"
@@ -143,10 +169,10 @@ def ingest(
         done = store.suppress(
             db, rep.recipient, scope_domain, now.isoformat(), "feedback", why, report=rid
         )
-        if send is not None:
-            _alert(db, config, now, from_domain, send)
     if send is not None:
-        flush_notices(db, config, now, send)
+        flush_notices(db, config, now, send)  # this complaint's notice, and any now due
+        if suppresses:
+            _alert(db, config, now, from_domain, send)
     return Outcome("stored", rid, rep.feedback_type, rep.recipient, from_domain, done, reason)
 
 

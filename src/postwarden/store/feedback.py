@@ -66,7 +66,7 @@ def find_decision(
 ) -> dict[str, Any] | None:
     """postwarden's own outbound decision of a reported message: by its Message-ID, else by a
     queue id read from the reported copy's Received headers. The latest accepted one wins."""
-    cols = "id, time, queue_id, identity, mail_from, header_from, subject, message_id"
+    cols = "id, time, queue_id, identity, mail_from, header_from, subject, message_id, rcpts"
     conn = db.conn
     if message_id:
         row = conn.execute(
