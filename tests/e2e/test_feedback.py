@@ -264,6 +264,18 @@ def test_a_complaint_suppresses_the_recipient_and_the_sender_is_told(fb_stack: S
     again = pw(fb_stack, "feedback", "ingest", stdin=arf_about(copy, BOB))
     assert again.returncode == 0 and b"already stored" in again.stdout
 
+    # The complaint rate: 1 complaint over the messages accepted for example.com (the notices,
+    # with the null sender, not counted); above 0.1 %: flagged.
+    stats = json.loads(
+        pw(fb_stack, "feedback", "stats", "--json", "--domain", "example.com").stdout
+    )
+    w7 = stats[0]["7d"]
+    assert (stats[0]["domain"], w7["complaints"]) == ("example.com", 1)
+    assert w7["delivered"] >= 3 and w7["rate"] == round(1 / w7["delivered"], 6)
+    assert stats[0]["30d"]["complaints"] == 1 and stats[0]["above_alert_rate"]
+    text = pw(fb_stack, "feedback", "stats", "--no-alert").stdout.decode()
+    assert "ALERT: example.com" in text
+
     # remove lets bob through; add stops dave.
     assert pw(fb_stack, "suppression", "remove", BOB, "--note", "asked back").returncode == 0
     back = f"back-{uuid.uuid4().hex[:8]}"
