@@ -226,6 +226,9 @@ def test_a_complaint_suppresses_the_recipient_and_the_sender_is_told(fb_stack: S
     assert sb.wait_for(lambda: delivered_to(fb_stack, qid3) == {CAROL}, 15), delivered_to(
         fb_stack, qid3
     )
+    # sendmail(1) mail gets its Feedback-ID too (feedback_id = true in this stack).
+    fid = re.findall(rb"(?im)^Feedback-ID:[ \t]*(.*)$", sent(fb_stack, third)[0])
+    assert len(fid) == 1 and fid[0].startswith(b"transactional:") and b":example.com:" in fid[0]
     row = fb_stack.decision_for(qid3)
     reasons: list[dict[str, str]] = row["reasons"]  # type: ignore[assignment]
     removed = [x for x in reasons if f"{x['check']}.{x['code']}" == "suppression.removed"]
