@@ -565,6 +565,151 @@ def _reports_ingest(cfg: Any, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# ---- feedback loops and suppression (feedback.md) -------------------------------------------
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    if args.feedback_command == "ingest":
+        return _feedback_ingest(args)
+    return _feedback_stats(args)
+
+
+def _feedback_ingest(args: argparse.Namespace) -> int:
+    """pipe(8)'s exit codes: 0 stored or ignored with a reason, 75 retry later. Never one that
+    makes Postfix bounce a report back to a provider (a config error or an unreadable file is
+    75 too: the report waits in the queue until it is fixed)."""
+    import sqlite3
+
+    from postwarden.feedback.arf import MAX_INPUT
+    from postwarden.feedback.ingest import ingest, notice_sender
+
+    try:
+        cfg = load_config(config_path(args.config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print("postwarden feedback ingest: config error; retry later", file=sys.stderr)
+        return EX_TEMPFAIL
+    inputs: list[tuple[str, bytes]] = []
+    retry = False
+    if not args.files:
+        inputs.append(("stdin", sys.stdin.buffer.read(MAX_INPUT + 1)))
+    for name in args.files:
+        try:
+            with open(name, "rb") as fh:
+                inputs.append((name, fh.read(MAX_INPUT + 1)))
+        except OSError as exc:
+            print(
+                f"postwarden feedback ingest: {name}: {exc.strerror}; retry later", file=sys.stderr
+            )
+            retry = True
+    try:
+        db = _db(cfg)
+        send = notice_sender(db, cfg)
+    except sqlite3.Error as exc:
+        print(f"postwarden feedback ingest: the database: {exc}; retry later", file=sys.stderr)
+        return EX_TEMPFAIL
+    for source, data in inputs:
+        try:
+            outcome = ingest(db, cfg, data, source=source, send=send)
+        except sqlite3.Error as exc:
+            print(
+                f"postwarden feedback ingest: {source}: the database: {exc}; retry later",
+                file=sys.stderr,
+            )
+            retry = True
+            continue
+        except Exception as exc:  # noqa: BLE001  (pipe(8): anything else would bounce the report)
+            print(
+                f"postwarden feedback ingest: {source}: {type(exc).__name__}: {exc}; retry later",
+                file=sys.stderr,
+            )
+            retry = True
+            continue
+        out = sys.stderr if outcome.status == "ignored" else sys.stdout
+        print(printable(f"{source}: {outcome.line()}"), file=out)
+    return EX_TEMPFAIL if retry else EX_OK
+
+
+def _feedback_stats(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from postwarden.feedback.ingest import notice_sender
+    from postwarden.feedback.stats import alerts, rates
+
+    cfg = _load(args)
+    now = datetime.now(UTC)
+    try:
+        db = _db(cfg)
+        rows = rates(db, cfg, now, args.domain)
+        alerted = alerts(db, cfg, rows, now, notice_sender(db, cfg)) if not args.no_alert else []
+    except sqlite3.Error as exc:
+        print(f"postwarden feedback stats: the database: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except Exception as exc:  # noqa: BLE001  (the alert could not be mailed: the stats stand)
+        print(f"postwarden feedback stats: alert not sent: {exc}", file=sys.stderr)
+        alerted = []
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return EX_OK
+    limit = cfg.policy.feedback.alert_rate
+    print(f"{'domain':<32} {'7 days':>26} {'30 days':>26} suppressed")
+    for r in rows:
+        cells = [
+            f"{r[w]['complaints']}/{r[w]['delivered']} = {r[w]['rate']:.3%}" for w in ("7d", "30d")
+        ]
+        print(printable(f"{r['domain']:<32} {cells[0]:>26} {cells[1]:>26} {r['suppressed']:>10}"))
+        if r["above_alert_rate"]:
+            print(printable(f"  ALERT: {r['domain']} is above [feedback].alert_rate {limit:.3%}"))
+    for d in alerted:
+        print(printable(f"alert for {d} mailed to {', '.join(cfg.policy.rate.notify)}"))
+    return EX_OK
+
+
+def cmd_suppression(args: argparse.Namespace) -> int:
+    from postwarden.feedback import suppression
+
+    cfg = _load(args)
+    db = _db(cfg)
+    try:
+        if args.s_command == "list":
+            rows = suppression.entries(db, args.domain)
+            if args.json:
+                print(json.dumps(rows, indent=2, sort_keys=True))
+                return EX_OK
+            if not rows:
+                print("no suppressed recipients")
+            for r in rows:
+                why = r["reason"] + (f" ({r['note']})" if r["note"] else "")
+                print(
+                    printable(
+                        f"{r['address']:<40} {r['domain'] or '(every domain)':<24} since {r['created_at'][:19]}Z  {why}"
+                    )
+                )
+            return EX_OK
+        if args.s_command == "add":
+            if suppression.add(db, args.address, args.domain, args.note or ""):
+                print(f"suppressed {args.address} for {args.domain or 'every domain'}")
+                return EX_OK
+            print(
+                f"{args.address} is already suppressed for {args.domain or 'every domain'}",
+                file=sys.stderr,
+            )
+            return EX_FOUND
+        n = suppression.remove(db, args.address, args.domain, args.note or "")
+        if n:
+            print(f"removed {n} suppression(s) of {args.address}")
+            return EX_OK
+        print(
+            f"{args.address} is not suppressed" + (f" for {args.domain}" if args.domain else ""),
+            file=sys.stderr,
+        )
+        return EX_FOUND
+    except suppression.BadEntry as exc:
+        print(f"postwarden suppression: {exc}", file=sys.stderr)
+        return EX_USAGE
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from postwarden.tui.app import PostwardenApp
     from postwarden.tui.backend import Backend
@@ -833,19 +978,95 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="one JSON document: each report's outcome")
     m.set_defaults(fn=cmd_reports)
 
+    # ---- feedback loops and suppression (feedback.md) ----
+    s = sub.add_parser(
+        "feedback",
+        help="feedback-loop reports: ingest them, complaint rates per domain",
+        description='Feedback-loop reports (a recipient pressed "spam"): `ingest` stores them and '
+        "suppresses the complained recipient, `stats` shows complaint rates.",
+    )
+    s.set_defaults(fn=cmd_feedback)
+    fsub = s.add_subparsers(
+        dest="feedback_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    m = fsub.add_parser(
+        "ingest",
+        help="store feedback-loop reports (files, or one message on stdin)",
+        description="Store one feedback-loop report per FILE, or one from standard input (the "
+        "pipe service for the FBL address): RFC 5965 ARF, a misspelt feedback part, a report "
+        "nested in multipart/mixed, a forwarded message/rfc822 with no feedback part (taken as "
+        "abuse), any line ends. The reported message's own headers say which message it was; "
+        "it is joined to postwarden's decision of it (Message-ID, or the queue id in Postfix's "
+        "Received line) for the sender identity and From domain. Each report is stored once, "
+        "raw report kept; an abuse, fraud or virus report about a message postwarden sent to "
+        "that recipient suppresses it for the From domain ([feedback].scope) and mails the sender (or [domains].contact) at most "
+        "once per [feedback].notice_interval; not-spam suppresses nothing. Exit 0 stored or "
+        "ignored with a reason (on standard error), 75 retry later (database locked, a file "
+        "unreadable, a config error): never a code that bounces the report.",
+    )
+    m.add_argument("files", nargs="*", metavar="FILE")
+    m = fsub.add_parser(
+        "stats",
+        help="complaints, delivered and their ratio per From domain, 7 and 30 days",
+        description="Per From domain: complaints (abuse, fraud, virus) over the outbound "
+        "messages postwarden accepted (its own notices not counted), last 7 and 30 days, and "
+        "the active suppressions. A domain above [feedback].alert_rate over 7 days is flagged "
+        "and reported to [rate].notify, once per day.",
+    )
+    m.add_argument("--domain", metavar="D", help="only this From domain")
+    m.add_argument("--json", action="store_true", help="one JSON document")
+    m.add_argument("--no-alert", action="store_true", help="show only; mail no alert")
+
+    s = sub.add_parser(
+        "suppression",
+        help="suppressed recipients: list, add, remove (audited)",
+        description="Recipients mail is not sent to: from complaints (feedback ingest) or "
+        "added by hand. Over SMTP a suppressed recipient is refused at RCPT with why and since "
+        "when; sendmail(1) mail has it removed and the sender told. Every add and remove is "
+        "audited.",
+    )
+    s.set_defaults(fn=cmd_suppression)
+    ssub = s.add_subparsers(dest="s_command", required=True, metavar="ACTION", parser_class=_Parser)
+    m = ssub.add_parser(
+        "list",
+        help="suppressed recipients, with why and since when",
+        description="Active suppressions, newest first; with --domain, that domain's and the "
+        "server-wide ones.",
+    )
+    m.add_argument("--domain", metavar="D", help="only entries that apply to this From domain")
+    m.add_argument("--json", action="store_true", help="one JSON document")
+    for action, text in (
+        ("add", "suppress ADDRESS for --domain D, or for every domain without it"),
+        ("remove", "lift the suppression of ADDRESS for --domain D, or every entry of it"),
+    ):
+        m = ssub.add_parser(action, help=text, description=f"{text[0].upper()}{text[1:]}; audited.")
+        m.add_argument("address", metavar="ADDRESS")
+        m.add_argument("--domain", metavar="D", help="the From domain it applies to")
+        m.add_argument("--note", metavar="TEXT", help="why (kept in the audit log)")
+
     s = sub.add_parser(
         "tui",
         help="the admin terminal UI",
         description="The admin terminal UI over the same database and Postfix as these commands: "
         "decisions (live), the quarantine (view, release, delete), senders (unlock), domains "
         "(keys, DNS health, run a check), policy (edit, validate, save, reload) and reports (DMARC "
-        "pass share per domain, a daily chart, the sources, the next step). Keys: 1-6 "
+        "pass share per domain, a daily chart, the sources, the next step) and feedback (complaint "
+        "rates per domain, suppressions: add, remove). Keys: 1-7 "
         "switch screens, ctrl+p opens the command palette, ctrl+q quits; each screen's keys "
         "are in its footer. Esc never confirms anything.",
     )
     s.add_argument(
         "--screen",
-        choices=["decisions", "quarantine", "senders", "domains", "policy", "reports", "streams"],
+        choices=[
+            "decisions",
+            "quarantine",
+            "senders",
+            "domains",
+            "policy",
+            "reports",
+            "streams",
+            "feedback",
+        ],
         default="decisions",
         help="the screen to open on (default decisions)",
     )

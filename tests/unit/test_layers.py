@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "quarantine": 2,
     "dnsdoctor": 2,
     "reports": 2,
+    "feedback": 2,
     "setup_postfix": 2,
     "audit": 2,
     "control": 2,

@@ -315,6 +315,7 @@ class DomainPolicy(Strict):
     rate: RateOverride | None = None
     bulk: bool = False
     streams: DomainStreams | None = None  # streams.md
+    contact: Address | None = None  # feedback.md: who hears about this domain's complaints
 
 
 class UserPolicy(Strict):
@@ -366,6 +367,35 @@ class ReportsSection(Strict):
     ready_days: int = Field(default=14, gt=0, le=366)
 
 
+# ---- [feedback] (feedback.md) -------------------------------------------------------------------
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """ "15m", "2h", "7d" (as `log --since` takes them) -> seconds."""
+    m = re.fullmatch(r"([0-9]{1,6})([smhd])", text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f'"{text}" is not a duration: write 15m, 2h or 7d')
+    return int(m.group(1)) * DURATION_UNITS[m.group(2)]
+
+
+def _duration(text: str) -> str:
+    parse_duration(text)
+    return text.strip()
+
+
+class FeedbackSection(Strict):
+    scope: Literal["domain", "server"] = "domain"
+    notice_interval: Annotated[str, AfterValidator(_duration)] = "1h"
+    alert_rate: float = Field(default=0.001, gt=0, le=1)
+    feedback_id: bool = False
+
+    @property
+    def notice_interval_s(self) -> int:
+        return parse_duration(self.notice_interval)
+
+
 # ---- merged policy ---------------------------------------------------------------------------
 
 
@@ -381,6 +411,7 @@ class PolicyFile(Strict):
     rate: RateSection | None = None
     reports: ReportsSection | None = None
     # streams.md: each defined in one file only
+    feedback: FeedbackSection | None = None
     streams: StreamsSection | None = None
     warmup: dict[WarmupKey, WarmupEntry] | None = None
     providers: dict[GroupName, list[ProviderPattern]] | None = None
@@ -405,6 +436,7 @@ SINGLETON_SECTIONS = (
     "bulk",
     "rate",
     "reports",
+    "feedback",
     "streams",
     "warmup",
     "providers",
@@ -426,6 +458,7 @@ class Policy(Strict):
     streams: StreamsSection = StreamsSection()
     warmup: dict[str, WarmupEntry] = {}
     providers: dict[str, list[str]] = {}  # as written; provider_groups() adds the defaults
+    feedback: FeedbackSection = FeedbackSection()
     outbound: list[OutboundRule] = ["sasl", "local", "daemon:ORIGINATING"]
     hash: str = ""
 

@@ -24,8 +24,10 @@ from postwarden.milter import effects
 from postwarden.milter.notify import NOTICE_DAEMON_NAME
 from postwarden.milter.runtime import Runtime
 from postwarden.policy import Action, Facts, Reason, Verdict
+from postwarden.policy.checks.suppression import rcpt_text
 from postwarden.policy.html import may_hold_html
 from postwarden.policy.mime import MimeScanner
+from postwarden.policy.model import Suppression
 from postwarden.policy.route import Route, route
 from postwarden.signing import RelaxedBodyHasher, Signature
 
@@ -146,11 +148,41 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self._fail("envfrom", exc)
         return CONTINUE
 
-    @noreply
     def envrcpt(self, rcpt: str, *params: str) -> int:
-        self.rcpts.append(rcpt.strip().removeprefix("<").removesuffix(">"))
-        log.debug("rcpt to=<%s>", self.rcpts[-1])
+        # Replied to (not noreply): a suppressed recipient is refused here, over SMTP.
+        address = rcpt.strip().removeprefix("<").removesuffix(">")
+        log.debug("rcpt to=<%s>", address)
+        refused = self._suppressed_at_rcpt(address)
+        if refused is not None:
+            return refused
+        self.rcpts.append(address)
         return CONTINUE
+
+    def _suppressed_at_rcpt(self, address: str) -> int | None:
+        """feedback.md: over SMTP, a recipient suppressed for the envelope sender's domain
+        (standing for the From domain) is refused, alone, with why and since when. Never for
+        sendmail(1) mail (non_smtpd_milters must not reject at RCPT: eom decides)."""
+        lookup = self.runtime.suppressions
+        if lookup is None or not self.outbound or self.conn.get("local") or self.error:
+            return None
+        domain = self.mail_from.rpartition("@")[2].lower()
+        if not domain or self.snapshot is None or not self.snapshot.policy.hosted_domain(domain):
+            return None
+        try:
+            found = lookup.at_rcpt(address, domain)
+        except Exception as exc:  # noqa: BLE001  (a failed look-up: this recipient, later)
+            log.error("suppression look-up for <%s> failed: %s", address, exc)
+            with contextlib.suppress(Milter.error):
+                self.setreply(
+                    "451", "4.3.0", "postwarden could not check this recipient; try again later"
+                )
+            return TEMPFAIL
+        if found is None:
+            return None
+        log.info("rcpt <%s> refused: suppressed for %s", address, found.domain or "every domain")
+        with contextlib.suppress(Milter.error):
+            self.setreply("550", "5.7.1", effects.reply_text(rcpt_text(found)))
+        return REJECT
 
     @noreply
     def header(self, name: str, value: str) -> int:
@@ -257,6 +289,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             mime_problem = self.mime.problem
         return Facts(
             mime_problem=mime_problem,
+            suppressed=self._suppressed() if final else (),
+            tag_key=self.runtime.notice_secret,
             # Asked once, at end-of-message: a notice's token is taken when it is seen.
             system_notice=final
             and local
@@ -276,6 +310,14 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             headers=tuple(self.headers),
             size=self.size,
         )
+
+    def _suppressed(self) -> tuple[Suppression, ...]:
+        """Every active suppression of this message's recipients (feedback.md): the check
+        keeps those for the header From domain. A failed look-up fails the message (eom)."""
+        lookup = self.runtime.suppressions
+        if lookup is None or not self.outbound or not self.rcpts:
+            return ()
+        return tuple(lookup.for_rcpts(self.rcpts))
 
     def _error_verdict(
         self,

@@ -30,6 +30,7 @@ import Milter
 from postwarden import EX_CONFIG, EX_TEMPFAIL
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import daemon_changes
+from postwarden.feedback.ingest import NoticeFlusher
 from postwarden.metrics import Collector, Endpoint, Watch, serve
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
@@ -37,6 +38,7 @@ from postwarden.milter.releaser import Releaser
 from postwarden.milter.runtime import Runtime
 from postwarden.store import daemon_state
 from postwarden.store.db import open_db
+from postwarden.store.feedback import SuppressionLookup
 from postwarden.store.rates import RateStore
 from postwarden.store.writer import Writer
 
@@ -112,7 +114,10 @@ class Daemon:
                 secret,
             ),
             notice_secret=secret,
+            suppressions=SuppressionLookup(config.daemon.store.database),
         )
+        # Complaint notices gathered over [feedback].notice_interval (feedback.md).
+        self.flusher = NoticeFlusher(lambda: self.config)
         self.reload_seq = 0
         self.started_at = datetime.now(UTC).isoformat()
         self.endpoint: Endpoint | None = None
@@ -226,8 +231,10 @@ class Daemon:
 
         Milter.factory = adapter.factory(self.runtime)
         # Only the actions used: added and removed headers (hygiene, DKIM-Signature), a
-        # replaced body (bare HTML wrapped), the hold queue.
-        Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY)
+        # replaced body (bare HTML wrapped), the hold queue, a suppressed recipient removed.
+        Milter.set_flags(
+            Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.DELRCPT
+        )
         _prepare_socket_dir(cfg.milter.socket)
         log.info(
             "starting on %s with policy %s, database %s",
@@ -248,6 +255,7 @@ class Daemon:
         serving.start()
         self._start_metrics()
         self.releaser.start()
+        self.flusher.start()
         for sig in handled:
             signal.signal(sig, self._on_signal)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
@@ -284,6 +292,7 @@ class Daemon:
     def _shutdown(self, pidfile: Path) -> None:
         self._stop_metrics()
         self.releaser.stop()
+        self.flusher.stopping.set()
         self.writer.flush_and_stop()
         with contextlib.suppress(FileNotFoundError):
             if pidfile.read_text().strip() == str(os.getpid()):

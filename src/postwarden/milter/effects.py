@@ -27,7 +27,7 @@ from typing import Protocol
 from postwarden.config import Config
 from postwarden.config.keys import LoadedKey
 from postwarden.milter.clock import schedule_today
-from postwarden.milter.notify import LockEvent, Notifier
+from postwarden.milter.notify import LockEvent, Notice, Notifier
 from postwarden.policy import Action, Facts, Verdict, evaluate
 from postwarden.policy.html import wrap_bare_html
 from postwarden.policy.hygiene import headers_after
@@ -37,6 +37,8 @@ from postwarden.policy.model import (
     Hold,
     LockSender,
     Notify,
+    NotifySender,
+    RemoveRcpt,
     Reply,
     Schedule,
     Sign,
@@ -64,6 +66,7 @@ class Postfix(Protocol):
     def replacebody(self, chunk: bytes) -> None: ...
     def quarantine(self, reason: str) -> None: ...
     def setreply(self, rcode: str, xcode: str, *msg: str) -> None: ...
+    def delrcpt(self, rcpt: str) -> None: ...
 
 
 @dataclass
@@ -196,6 +199,9 @@ def tell_postfix(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
         for signature in prepared.signatures:
             # Postfix takes LF-folded header values from a milter and writes CRLF itself.
             io.addheader("DKIM-Signature", signature.value.replace("\r\n", "\n"), 0)
+        for removed in verdict.of(RemoveRcpt):
+            # A suppressed recipient (feedback.md): out of the envelope, named in the decision.
+            io.delrcpt(f"<{removed.address}>")
         for stream in verdict.of(StreamHeader):
             # After signing, at the end: in no h=; Postfix routes on it and strips it on the way out.
             io.addheader(STREAM_HEADER, stream.stream)
@@ -219,6 +225,12 @@ def notify(verdict: Verdict, notifier: Notifier, queue_id: str, now: datetime) -
             notifier.locked(LockEvent(n.identity, n.cap, queue_id, now.isoformat()))
         except Exception as exc:  # noqa: BLE001  (a notice never changes a decided message)
             log.error("%s: lock notice for %s not queued: %s", queue_id, n.identity, exc)
+    for t in verdict.of(NotifySender):
+        try:
+            _at("notify")
+            notifier.send(Notice((t.to,), t.subject, t.text, queue_id))
+        except Exception as exc:  # noqa: BLE001  (a notice never changes a decided message)
+            log.error("%s: notice to %s not queued: %s", queue_id, t.to, exc)
 
 
 def carry_out(

@@ -211,6 +211,57 @@ class NoticeGuard:
         return True
 
 
+# ---- any notice: complaints and suppressed recipients (feedback.md) ----------------------------
+
+
+def from_header(hostname: str) -> str:
+    return f"postwarden <postmaster@{hostname or 'localhost'}>"
+
+
+def build_notice(
+    secret: str, hostname: str, recipients: list[str], subject: str, body: str
+) -> bytes:
+    """A notice with its X-Postwarden-Notice token, bound to its Message-ID, time, From and
+    recipients: the milter passes it, never counted (the same proof as a lock notice)."""
+    hostname = hostname or "localhost"
+    message_id = f"<{uuid.uuid4().hex}.postwarden@{hostname}>"
+    from_ = from_header(hostname)
+    token = notice_token(secret, message_id, int(time.time()), recipients, from_)
+    subject = re.sub(r"[\x00-\x1f\x7f]+", " ", subject)[:300]
+    headers = (
+        f"From: {from_}\n"
+        f"To: {', '.join(recipients)}\n"
+        f"Subject: {subject}\n"
+        f"Date: {formatdate(localtime=False)}\n"
+        f"Message-ID: {message_id}\n"
+        f"{NOTICE_HEADER}: {token}\n"
+        "Auto-Submitted: auto-generated\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: 8bit\n"
+    )
+    return (headers + "\n" + body).encode("utf-8", errors="replace")
+
+
+def submit(postfix_dir: str, recipients: list[str], message: bytes) -> None:
+    """To the notice service when setup-postfix made one, else through sendmail(1)."""
+    service = notice_service(postfix_dir)
+    if service:
+        submit_smtp(service, recipients, message)
+    else:
+        submit_sendmail(postfix_dir, recipients, message)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notice to someone other than [rate].notify (a sender told its recipients were removed)."""
+
+    recipients: tuple[str, ...]
+    subject: str
+    body: str
+    queue_id: str
+
+
 @dataclass(frozen=True)
 class LockEvent:
     identity: str
@@ -236,7 +287,7 @@ class Notifier:
         self.secret = secret
         self.sent = 0
         self.failed = 0
-        self._queue: queue.Queue[LockEvent | AdminNotice] = queue.Queue()
+        self._queue: queue.Queue[LockEvent | AdminNotice | Notice] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="postwarden-notify", daemon=True)
         self._thread.start()
 
@@ -251,8 +302,13 @@ class Notifier:
             return
         self._queue.put(event)
 
+    def send(self, notice: Notice) -> None:
+        """Queue a notice to its own recipients (feedback.md: suppressed recipients removed)."""
+        if notice.recipients:
+            self._queue.put(notice)
+
     def from_header(self) -> str:
-        return f"postwarden <postmaster@{self.hostname}>"
+        return from_header(self.hostname)
 
     def message(self, event: LockEvent) -> bytes:
         body = (
@@ -285,11 +341,7 @@ class Notifier:
 
     def submit(self, message: bytes) -> None:
         """By SMTP to the notice service when master.cf has one, else sendmail(1)."""
-        service = notice_service(self.postfix_dir)
-        if service:
-            submit_smtp(service, self.recipients, message)
-        else:
-            submit_sendmail(self.postfix_dir, self.recipients, message)
+        submit(self.postfix_dir, self.recipients, message)
 
     # ---- admin notices (issue 20): DNS changes, the hold queue, the writer -------------------
 
@@ -322,6 +374,9 @@ class Notifier:
                     continue
                 log.info("notice %r mailed to %s", event.subject, ", ".join(self.recipients))
                 continue
+            if isinstance(event, Notice):
+                self._send_notice(event)
+                continue
             try:
                 self.submit(self.message(event))
             except NoticeNotSent as exc:
@@ -337,3 +392,18 @@ class Notifier:
                 event.identity,
                 ", ".join(self.recipients),
             )
+
+    def _send_notice(self, notice: Notice) -> None:
+        rcpts = list(notice.recipients)
+        try:
+            submit(
+                self.postfix_dir,
+                rcpts,
+                build_notice(self.secret, self.hostname, rcpts, notice.subject, notice.body),
+            )
+        except NoticeNotSent as exc:
+            log.error("%s: notice to %s not sent: %s", notice.queue_id, ", ".join(rcpts), exc)
+            self.failed += 1
+            return
+        self.sent += 1
+        log.info("%s: notice mailed to %s", notice.queue_id, ", ".join(rcpts))

@@ -16,6 +16,7 @@ from postwarden.metrics import Metrics
 from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier
 from postwarden.policy.model import Facts, Verdict
 from postwarden.signing import Signature
+from postwarden.store.feedback import SuppressionLookup
 from postwarden.store.rates import RateStore
 from postwarden.store.text import readable
 from postwarden.store.writer import Writer
@@ -31,6 +32,8 @@ class Runtime:
     rates: RateStore
     notifier: Notifier
     notice_secret: str = ""
+    # Suppressed recipients (feedback.md), looked up at RCPT and end-of-message; None: none.
+    suppressions: SuppressionLookup | None = None
     in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     guard: NoticeGuard = field(init=False)

@@ -14,7 +14,7 @@ from postwarden.config.models import Policy
 from postwarden.policy import checks as _checks  # noqa: F401  (registers every check)
 from postwarden.policy.address import FromResult, header_from
 from postwarden.policy.checks.bulk import why_bulk  # streams.md
-from postwarden.policy.hygiene import header_edits, removed_names, repair_edits
+from postwarden.policy.hygiene import feedback_id_edits, header_edits, removed_names, repair_edits
 from postwarden.policy.model import (  # streams.md
     Action,
     Count,
@@ -23,6 +23,7 @@ from postwarden.policy.model import (  # streams.md
     Hold,
     RateState,
     Reason,
+    RemoveRcpt,
     Reply,
     Schedule,
     Sign,
@@ -136,12 +137,17 @@ def plan(ctx: Context, verdict: Verdict) -> tuple[Effect, ...]:
     if leaves and ctx.hosted_domain:
         effects += repair_edits(ctx.repairs.changes)  # in place, before any removal
         effects += header_edits(facts, policy, ctx.now, verdict.from_domain)
+        if policy.feedback.feedback_id:  # feedback.md: Gmail's feedback loop, inside h=
+            stream = "bulk" if why_bulk(ctx) else "transactional"
+            effects += feedback_id_edits(facts, ctx.identity, verdict.from_domain, stream)
         if policy.headers.wrap_bare_html:
             effects.append(WrapHtml())
         effects.append(Sign(ctx.hosted_domain))
     if leaves:
         # A rejected or tempfailed message uses none of the sender's allowance; a held one does.
-        effects.append(Count(ctx.identity, len(facts.rcpts)))
+        # Suppressed recipients removed from it (feedback.md) get nothing and are not counted.
+        removed = sum(isinstance(e, RemoveRcpt) for r in verdict.reasons for e in r.effects)
+        effects.append(Count(ctx.identity, len(facts.rcpts) - removed))
     for reason in verdict.reasons:
         effects += reason.effects  # a lock and its notice
     if action == Action.QUARANTINE:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import re
 from datetime import datetime
 from email.utils import format_datetime
 
@@ -48,6 +50,26 @@ def header_edits(
         edits.append(
             HeaderEdit("add", "Message-ID", value=f"<{now:%Y%m%d%H%M%S}.{token}@{from_domain}>")
         )
+    return tuple(edits)
+
+
+def sender_tag(identity: str, key: str) -> str:
+    """A stable tag of the sender identity that does not reveal it: an HMAC under the
+    server's key (a bare hash of an address could be reversed by guessing)."""
+    digest = hmac.new(key.encode(), b"feedback-id\0" + identity.lower().encode(), hashlib.sha256)
+    return digest.hexdigest()[:16]
+
+
+def feedback_id_edits(
+    facts: Facts, identity: str, from_domain: str, stream: str
+) -> tuple[HeaderEdit, ...]:
+    """[feedback].feedback_id: Feedback-ID: <stream>:<sender tag>:<From domain>:<hostname>,
+    added before signing (so inside h=), replacing any the sender wrote."""
+    copies = len(facts.header_values("Feedback-ID"))
+    edits = [HeaderEdit("remove", "Feedback-ID", i) for i in range(copies, 0, -1)]
+    host = re.sub(r"[^A-Za-z0-9.-]", "", facts.hostname) or "localhost"
+    value = f"{stream}:{sender_tag(identity, facts.tag_key)}:{from_domain.lower()}:{host.lower()}"
+    edits.append(HeaderEdit("add", "Feedback-ID", value=value))
     return tuple(edits)
 
 

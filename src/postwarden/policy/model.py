@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 E = TypeVar("E")
@@ -23,6 +23,17 @@ class Action(enum.IntEnum):
 
     def __str__(self) -> str:
         return self.name.lower()
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """An active suppression (feedback.md): `address` gets no mail from `domain` ("" = every
+    domain on the server), since `since`, for `reason`."""
+
+    address: str
+    domain: str
+    since: str  # ISO time
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,11 @@ class Facts:
     system_notice: bool = False
     smtputf8: bool = False  # MAIL FROM ... SMTPUTF8: 8-bit headers are allowed
     mime_problem: str = ""  # why the body's MIME structure cannot be taken (too deep), or ""
+    # The active suppressions of these recipients (any domain), read by the adapter at
+    # end-of-message; the suppression check keeps those for the header From domain.
+    suppressed: tuple[Suppression, ...] = ()
+    # The server's key for Feedback-ID sender tags (feedback.md): stable, not reversible.
+    tag_key: str = field(default="", repr=False)
 
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
@@ -150,6 +166,25 @@ class WarmupCount:
     charges: tuple[Charge, ...]
 
 
+# ---- feedback loops (feedback.md) ----
+
+
+@dataclass(frozen=True)
+class RemoveRcpt:
+    """Remove a suppressed recipient from the envelope (milter delrcpt, the postfix step)."""
+
+    address: str
+
+
+@dataclass(frozen=True)
+class NotifySender:
+    """Mail the envelope sender which recipients were removed, and why (after the commit)."""
+
+    to: str
+    subject: str
+    text: str
+
+
 Effect = (
     HeaderEdit
     | WrapHtml
@@ -162,6 +197,8 @@ Effect = (
     | StreamHeader
     | Schedule
     | WarmupCount
+    | RemoveRcpt
+    | NotifySender
 )
 
 # The order effects are applied in (milter/effects.py): everything that only computes first,

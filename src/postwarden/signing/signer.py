@@ -46,6 +46,7 @@ SIGN_HEADERS = frozenset(
         "list-post",
         "list-owner",
         "list-archive",
+        "feedback-id",  # feedback.md: Gmail's feedback loop reads it only when signed
     ]
 )
 RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")

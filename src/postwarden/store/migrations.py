@@ -172,6 +172,47 @@ def _m009_reports(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m010_feedback(db: sqlite_utils.Database) -> None:
+    # feedback.md: each feedback-loop report with what was read from it and the raw report
+    # (gzipped); stored once per dedup key (a pipe(8) retry, a provider resending).
+    db.execute(
+        "CREATE TABLE feedback_reports (id INTEGER PRIMARY KEY, received_at TEXT NOT NULL,"
+        " source TEXT NOT NULL, dedup_key TEXT NOT NULL UNIQUE, status TEXT NOT NULL,"
+        " reason TEXT NOT NULL, feedback_type TEXT NOT NULL, reporter TEXT NOT NULL,"
+        " user_agent TEXT NOT NULL, recipient TEXT NOT NULL, message_id TEXT NOT NULL,"
+        " reported_from TEXT NOT NULL, reported_subject TEXT NOT NULL,"
+        " reported_date TEXT NOT NULL, original_mail_from TEXT NOT NULL,"
+        " decision_id INTEGER, queue_id TEXT NOT NULL, identity TEXT NOT NULL,"
+        " from_domain TEXT NOT NULL, mail_from TEXT NOT NULL, notice_to TEXT NOT NULL,"
+        " notified_at TEXT, parsed TEXT NOT NULL, sha256 TEXT NOT NULL, raw_size INTEGER NOT NULL,"
+        " raw BLOB NOT NULL)"
+    )
+    db.execute("CREATE INDEX idx_feedback_domain ON feedback_reports (from_domain, received_at)")
+    db.execute("CREATE INDEX idx_feedback_pending ON feedback_reports (notice_to, notified_at)")
+    # Suppressed recipients: per From domain, or "" for every domain on the server. Removed
+    # entries are kept (removed_at set) for the record; the audit log says who did what.
+    db.execute(
+        "CREATE TABLE suppressions (id INTEGER PRIMARY KEY, address TEXT NOT NULL,"
+        " domain TEXT NOT NULL, created_at TEXT NOT NULL, source TEXT NOT NULL,"
+        " report INTEGER, reason TEXT NOT NULL, note TEXT NOT NULL, removed_at TEXT,"
+        " removed_note TEXT NOT NULL DEFAULT '')"
+    )
+    # The look-up at RCPT: one index probe per recipient.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_suppressions_active ON suppressions (address, domain)"
+        " WHERE removed_at IS NULL"
+    )
+    # When each notice recipient was last mailed about complaints; alerts per domain and day.
+    db.execute(
+        "CREATE TABLE feedback_notices (notice_to TEXT PRIMARY KEY, last_sent_at TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE feedback_alerts (domain TEXT PRIMARY KEY, last_alert_at TEXT NOT NULL)"
+    )
+    # Outbound decisions by Message-ID: a report is joined to the decision of what it reports.
+    db.execute("CREATE INDEX IF NOT EXISTS idx_decisions_message_id ON decisions (message_id)")
+
+
 def _m011_streams(db: sqlite_utils.Database) -> None:
     """streams.md: each decision's stream; the releaser's schedule of held messages (the hold
     queue itself is the spool: a row names a queue id), its releases (the pace's sliding window)
@@ -203,6 +244,7 @@ MIGRATIONS: list[tuple[str, Migration]] = [
     ("007_decision_headers", _m007_decision_headers),
     ("008_writer_health", _m008_writer_health),
     ("009_reports", _m009_reports),  # reports.md
+    ("010_feedback", _m010_feedback),  # feedback.md
     ("011_streams", _m011_streams),  # streams.md
 ]
 

@@ -9,6 +9,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from postwarden.tui.backend import Backend
+from postwarden.tui.feedback_screen import FeedbackScreen
 from postwarden.tui.reports_screen import ReportsScreen
 from postwarden.tui.screens import (
     SCREENS,
@@ -66,6 +67,7 @@ class PostwardenApp(App[None]):
         "policy": PolicyScreen,
         "reports": ReportsScreen,
         "streams": StreamsScreen,  # streams.md
+        "feedback": FeedbackScreen,
     }
     BINDINGS = [
         Binding("1", "switch_mode('decisions')", "Decisions", show=False),
@@ -75,6 +77,7 @@ class PostwardenApp(App[None]):
         Binding("5", "switch_mode('policy')", "Policy", show=False),
         Binding("6", "switch_mode('reports')", "Reports", show=False),
         Binding("7", "switch_mode('streams')", "Streams", show=False),
+        Binding("8", "switch_mode('feedback')", "Feedback", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -91,7 +94,7 @@ class PostwardenApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for i, (mode, label) in enumerate(
-            [*SCREENS, ("reports", "Reports"), ("streams", "Streams")], 1
+            [*SCREENS, ("reports", "Reports"), ("streams", "Streams"), ("feedback", "Feedback")], 1
         ):
             yield SystemCommand(
                 f"Go to {label}",

@@ -9,6 +9,7 @@ from postwarden.policy.checks import (
     pace,
     rate,
     streams,
+    suppression,
     warmup,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "pace",
     "rate",
     "streams",
+    "suppression",
     "warmup",
 ]
