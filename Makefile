@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
-APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core
+APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core redis-server
 
 .PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui clean deb
 

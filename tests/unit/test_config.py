@@ -53,8 +53,6 @@ def test_a_valid_config_loads_with_spec_defaults(tmp_path: Path) -> None:
 # batch): the loader refuses them by name, never ignores them. A feature that lands takes its
 # keys off this list, and the test below fails until it does.
 NOT_BUILT = {
-    "store.shared",
-    "store.shared_password_file",
     "metrics",
     'domains."example.com".contact',
     'domains."example.com".streams',

@@ -35,7 +35,14 @@ from postwarden.milter.notify import Notifier
 from postwarden.milter.runtime import Runtime
 from postwarden.store import daemon_state
 from postwarden.store.db import open_db
-from postwarden.store.rates import RateStore
+from postwarden.store.shared import (
+    RedisRateStore,
+    RedisUsedTokens,
+    SharedConfigError,
+    SharedUnavailable,
+    open_rates,
+    open_shared,
+)
 from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
@@ -96,10 +103,15 @@ class Daemon:
         self.writer = Writer(config.daemon.store.database, config.daemon.store.retention_days)
         self.writer.start()  # migrates: the tables and the notice key exist from here on
         secret = daemon_state.notice_secret(open_db(config.daemon.store.database))
+        # [store].shared (issue 19): counts, locks and used notice tokens in Redis.
+        shared = open_shared(config.daemon.store)
+        used_tokens = RedisUsedTokens(shared.client) if shared is not None else None
+        if shared is not None:
+            secret = _shared_secret(shared, secret)
         self.runtime = Runtime(
             config=config,
             writer=self.writer,
-            rates=RateStore(config.daemon.store.database),
+            rates=shared if shared is not None else open_rates(config.daemon.store),
             notifier=Notifier(
                 config.daemon.postfix.config_directory,
                 config.policy.rate.notify,
@@ -107,6 +119,7 @@ class Daemon:
                 secret,
             ),
             notice_secret=secret,
+            used_tokens=used_tokens,
         )
         self.reload_seq = 0
         self.started_at = datetime.now(UTC).isoformat()
@@ -252,6 +265,16 @@ class Daemon:
             )
 
 
+def _shared_secret(shared: RedisRateStore, local: str) -> str:
+    """Every server binds its notices with the key the first one put in Redis; if Redis is
+    down at start, the local key (a notice then passes only the server that sent it)."""
+    try:
+        return shared.notice_secret(local)
+    except SharedUnavailable as exc:
+        log.warning("[store].shared unreachable at start (%s): the local notice key is used", exc)
+        return local
+
+
 def _open_libmilter(socket: str, timeout: int) -> None:
     """Milter.runmilter's set-up, with the socket's owner and mode set before serving."""
     import milter as libmilter  # pymilter's C module
@@ -300,4 +323,9 @@ def run(config_file: Path) -> int:
     setup_logging(config.daemon.log.to, config.daemon.log.level)
     for w in config.warnings:
         log.warning("%s", w)
-    return Daemon(config).run()
+    try:
+        daemon = Daemon(config)
+    except SharedConfigError as exc:
+        print(f"postwarden: refusing to start: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return daemon.run()

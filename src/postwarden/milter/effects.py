@@ -41,7 +41,7 @@ from postwarden.policy.model import (
 )
 from postwarden.policy.route import Route, route
 from postwarden.signing import RelaxedBodyHasher, Signature, sign
-from postwarden.store.rates import RateStore, RateTransaction
+from postwarden.store.shared import RateBackend, RateTx
 
 log = logging.getLogger("postwarden")
 
@@ -145,7 +145,7 @@ def prepare(
         raise StepFailed(verdict, step, exc) from exc
 
 
-def write(verdict: Verdict, tx: RateTransaction | None, queue_id: str) -> None:
+def write(verdict: Verdict, tx: RateTx | None, queue_id: str) -> None:
     """Steps count and lock: in the sender's transaction, committed with the outcome."""
     step = "count"
     try:
@@ -204,7 +204,7 @@ def carry_out(
     msg: Message,
     io: Postfix,
     config: Config,
-    rates: RateStore,
+    rates: RateBackend,
     notifier: Notifier,
     now: datetime,
     route_: Route | None = None,

@@ -12,10 +12,10 @@ from typing import Any
 
 from postwarden.config import Config
 from postwarden.config.models import Policy
-from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier
+from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier, UsedTokens
 from postwarden.policy.model import Facts, Verdict
 from postwarden.signing import Signature
-from postwarden.store.rates import RateStore
+from postwarden.store.shared import RateBackend
 from postwarden.store.text import readable
 from postwarden.store.writer import Writer
 from postwarden.textsafe import logfield
@@ -27,15 +27,16 @@ log = logging.getLogger("postwarden")
 class Runtime:
     config: Config
     writer: Writer
-    rates: RateStore
+    rates: RateBackend  # store.rates.RateStore, or store.shared.RedisRateStore ([store].shared)
     notifier: Notifier
     notice_secret: str = ""
+    used_tokens: UsedTokens | None = None  # [store].shared: the notices used on every server
     in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     guard: NoticeGuard = field(init=False)
 
     def __post_init__(self) -> None:
-        self.guard = NoticeGuard(self.notice_secret)
+        self.guard = NoticeGuard(self.notice_secret, self.used_tokens)
 
     @property
     def policy(self) -> Policy:
