@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
 APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core redis-server
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui clean deb
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-redis clean deb
 
 install: deps-apt venv
 
@@ -61,6 +61,11 @@ bench-dns: install
 # and the UI's worst stall; writes docs/tui-benchmark.md (about 30 seconds).
 bench-tui: install
 	$(BIN)/python bench/tui.py
+
+# The rate store's cost per message, SQLite beside Redis (TCP and unix socket) from one run:
+# writes its own section of docs/benchmarks.md (issue 19; under a minute, BENCH_REDIS_MESSAGES).
+bench-redis: install
+	$(BIN)/python bench/redis_store.py
 
 # ---- deploy: the Debian package (deploy/debian/) ----
 # dist/postwarden_<version>_<arch>.deb: the venv under /opt/postwarden built here from wheels,

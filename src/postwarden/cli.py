@@ -269,7 +269,7 @@ def _shared(cfg: Any) -> Iterator[Any]:
 def cmd_db_move_to_shared(args: argparse.Namespace) -> int:
     import socket
 
-    from postwarden.store.shared import move_to_shared
+    from postwarden.store.shared import AlreadyMoved, move_to_shared
 
     cfg = _load(args)
     if not cfg.daemon.store.shared:
@@ -277,8 +277,12 @@ def cmd_db_move_to_shared(args: argparse.Namespace) -> int:
         return EX_CONFIG
     db = _db(cfg)
     marker = f"{socket.getfqdn()}:{Path(cfg.daemon.store.database).resolve()}"
-    with _shared(cfg) as shared:
-        moved = move_to_shared(db.conn, shared, marker, time.time(), force=args.force)
+    try:
+        with _shared(cfg) as shared:
+            moved = move_to_shared(db.conn, shared, marker, time.time(), force=args.force)
+    except AlreadyMoved as exc:
+        print(f"postwarden: {exc}", file=sys.stderr)
+        return EX_FOUND
     if args.json:
         print(json.dumps(moved.as_dict(), indent=2, sort_keys=True))
     else:

@@ -6,6 +6,7 @@ SQLite."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -19,8 +20,11 @@ import pytest
 import redis
 
 from postwarden import senders
+from postwarden.cli import main
+from postwarden.config import load_config
 from postwarden.config.models import Policy, RateSection, StoreSection
 from postwarden.milter.notify import NoticeGuard, notice_token
+from postwarden.sandbox import free_port
 from postwarden.store import migrate, open_db
 from postwarden.store import shared as sh
 from postwarden.store.rates import RateStore
@@ -35,6 +39,7 @@ from postwarden.store.shared import (
     move_to_shared,
     open_rates,
 )
+from tests.helpers import write_config
 from tests.redisserver import RedisServer
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -268,7 +273,7 @@ def test_move_to_shared_copies_counts_and_locks_once(store: RedisRateStore, tmp_
     assert store.state("sasl:a", [60], now).in_window(60) == (3, 6)
     lock = store.state("sasl:b", [60], now).lock
     assert lock is not None and lock.queue_id == "QB"
-    with pytest.raises(SharedConfigError, match="already"):
+    with pytest.raises(sh.AlreadyMoved, match="already"):
         move_to_shared(conn, store, "host:/p.db", now.timestamp())
     # and `postwarden senders` reads the same from Redis as from the database
     policy = Policy(rate=RateSection(messages=["10/minute"]), outbound=["sasl"])
@@ -278,3 +283,83 @@ def test_move_to_shared_copies_counts_and_locks_once(store: RedisRateStore, tmp_
     assert senders.unlock(open_db(db), "sasl:b", "test", shared=store) is True
     assert store.state("sasl:b", [60], now).lock is None
     assert lite.state("sasl:b", [60], now).lock is not None  # the database keeps its rows
+
+
+def test_running_totals_stay_exact_after_pruning(
+    store: RedisRateStore, server: RedisServer
+) -> None:
+    for i in range(50):  # one every 30 minutes, the last 1 minute ago
+        with store.transaction("sasl:x", [3600], NOW - timedelta(minutes=1 + 30 * (49 - i))) as tx:
+            tx.count(2, f"Q{i}")
+    assert store.state("sasl:x", [60, 3600, 86400], NOW).counts == (
+        (60, 0, 0),
+        (3600, 2, 4),
+        (86400, 48, 96),
+    )
+    server.client().zremrangebyscore(
+        sh._keys("sasl:x")[1], "-inf", (NOW - timedelta(hours=20)).timestamp()
+    )
+    assert store.state("sasl:x", [3600, 86400], NOW).counts == ((3600, 2, 4), (86400, 40, 80))
+
+
+def test_move_to_shared_merges_two_servers_events(store: RedisRateStore, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    for n, offsets in enumerate(([30, 10], [20, 5])):  # two servers, interleaved in time
+        db = tmp_path / f"{n}.db"
+        migrate(open_db(db))
+        for s in offsets:
+            with RateStore(db).transaction("sasl:a", [60], now - timedelta(seconds=s)) as tx:
+                tx.count(s, f"Q{s}")
+        move_to_shared(open_db(db).conn, store, f"host{n}:/p.db", now.timestamp())
+    st = store.state("sasl:a", [15, 25, 60], now)
+    assert st.counts == ((15, 2, 15), (25, 3, 35), (60, 4, 65))
+
+
+def run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def test_the_commands_against_the_shared_store(
+    store: RedisRateStore, server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """db move-to-shared, senders and unlock through Redis; an unreachable Redis or a missing
+    password file ends them with a clear error."""
+    cfg = write_config(tmp_path, daemon_extra=f'shared = "{server.url}"\n')
+    db = load_config(cfg).daemon.store.database
+    migrate(open_db(db))
+    with RateStore(db).transaction("sasl:a@example.com", [60], datetime.now(UTC)) as tx:
+        tx.count(1, "Q1")
+        tx.lock("messages 1/minute", "Q1")
+    assert main(["--config", str(cfg), "db", "move-to-shared", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "identities": 1,
+        "events": 1,
+        "locks": 1,
+        "locks_already": 0,
+    }
+    assert main(["--config", str(cfg), "db", "move-to-shared"]) == 1
+    assert "moved to the shared store already" in capsys.readouterr().err
+    open_db(db).execute("DELETE FROM locks")  # what senders shows now comes from Redis alone
+    assert main(["--config", str(cfg), "senders", "--locked", "--json"]) == 0
+    [locked] = json.loads(capsys.readouterr().out)
+    assert locked["identity"] == "sasl:a@example.com" and locked["lock_queue_id"] == "Q1"
+    assert main(["--config", str(cfg), "unlock", "sasl:a@example.com"]) == 0
+    assert store.state("sasl:a@example.com", [60], datetime.now(UTC)).lock is None
+    capsys.readouterr()
+
+    down = write_config(
+        tmp_path / "down", daemon_extra=f'shared = "redis://127.0.0.1:{free_port()}/0"\n'
+    )
+    started = time.monotonic()
+    assert run(["--config", str(down), "senders"]) == 75
+    assert "is unreachable" in capsys.readouterr().err
+    assert time.monotonic() - started < 10
+    nopw = write_config(
+        tmp_path / "nopw",
+        daemon_extra=f'shared = "{server.url}"\nshared_password_file = "/nonexistent/pw"\n',
+    )
+    assert run(["--config", str(nopw), "unlock", "sasl:x"]) == 78
+    assert "shared_password_file /nonexistent/pw" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import secrets
 import threading
 import time
@@ -60,6 +61,7 @@ KEEP_EVENTS_S = 2 * 86400  # as store/rates.py: the longest window is a day; kee
 SOCKET_TIMEOUT_S = 1.0
 LEASE_MS = 5_000  # a sender's mutex outlives a stalled server by this much at most
 WAIT_S = 10.0  # how long a transaction waits for a sender's mutex (as SQLite's busy timeout)
+STRIPES = 64  # per-process locks, a sender's transactions queue on one of them
 NOTICE_TTL_S = 600  # milter/notify.py's NOTICE_TTL_S: a used token is kept as long
 
 SharedUnavailable = redis.RedisError
@@ -67,6 +69,10 @@ SharedUnavailable = redis.RedisError
 
 class SharedConfigError(ValueError):
     """[store].shared or its password file cannot be used (the message says which)."""
+
+
+class AlreadyMoved(Exception):
+    """`postwarden db move-to-shared` ran for this database before."""
 
 
 class SharedBusy(redis.RedisError):
@@ -97,8 +103,14 @@ def _ts(x: float) -> str:
     return f"{x:.6f}"
 
 
+# An event's member: "<running recipients total, 20 digits>:<rcpts>:<uuid>:<queue id>". As in
+# store/rates.py, a window's counts come from the running total, not from summing its events:
+# ZCOUNT for the messages, the latest total less the total before the window's first event for
+# the recipients, O(log n) however many messages (held ones too) the sender has sent.
+# (Zero-padded, so members with one score sort by their total.)
+#
 # KEYS: mutex, ev, lock. ARGV: token (or "" to read without the mutex), lease ms, now, windows...
-# Returns {1, at, locked_at, cap, queue_id, msgs1, rcpts1, ...}, or {0} when the mutex is taken.
+# Returns {1, at, total, locked_at, cap, queue_id, msgs1, rcpts1, ...}, or {0} when taken.
 _READ = """
 if ARGV[1] ~= '' then
   local cur = redis.call('GET', KEYS[1])
@@ -106,20 +118,24 @@ if ARGV[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 end
 local at = tonumber(ARGV[3])
-if ARGV[1] ~= '' then
-  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) > at then at = tonumber(last[2]) end
+local total = 0
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if last[1] then
+  total = tonumber(string.match(last[1], '^(%d+):')) or 0
+  if ARGV[1] ~= '' and tonumber(last[2]) > at then at = tonumber(last[2]) end
 end
 local l = redis.call('HMGET', KEYS[3], 'locked_at', 'cap', 'queue_id')
-local out = {1, string.format('%.6f', at), l[1] or '', l[2] or '', l[3] or ''}
+local out = {1, string.format('%.6f', at), tostring(total), l[1] or '', l[2] or '', l[3] or ''}
 for i = 4, #ARGV do
-  local evs = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. string.format('%.6f', at - tonumber(ARGV[i])), '+inf')
+  local lo = '(' .. string.format('%.6f', at - tonumber(ARGV[i]))
+  local n = redis.call('ZCOUNT', KEYS[2], lo, '+inf')
   local r = 0
-  for _, m in ipairs(evs) do
-    local n = string.match(m, '^[^:]*:(%d+):')
-    r = r + (tonumber(n) or 0)
+  if n > 0 then
+    local first = redis.call('ZRANGEBYSCORE', KEYS[2], lo, '+inf', 'LIMIT', 0, 1)[1]
+    local c, k = string.match(first, '^(%d+):(%d+):')
+    r = total - ((tonumber(c) or 0) - (tonumber(k) or 0))
   end
-  table.insert(out, #evs)
+  table.insert(out, n)
   table.insert(out, r)
 end
 return out
@@ -211,6 +227,10 @@ def connect(url: str, password_file: str = "") -> redis.Redis:
     return redis.Redis.from_url(url, **kw)
 
 
+def _member(total: int, rcpts: int, queue_id: str) -> str:
+    return f"{total:020d}:{rcpts}:{uuid.uuid4().hex}:{queue_id}"
+
+
 @dataclass
 class RedisRateTransaction:
     store: RedisRateStore
@@ -218,11 +238,13 @@ class RedisRateTransaction:
     token: str
     now: float  # the event time: never before the sender's latest
     state: RateState
+    total: int = 0  # the sender's running recipients total so far
     members: list[str] = field(default_factory=list)
     locking: tuple[str, str, str] | None = None
 
     def count(self, rcpts: int, queue_id: str) -> None:
-        self.members.append(f"{uuid.uuid4().hex}:{int(rcpts)}:{queue_id}")
+        self.total += int(rcpts)
+        self.members.append(_member(self.total, int(rcpts), queue_id))
 
     def lock(self, cap: str, queue_id: str) -> None:
         if self.locking is None:
@@ -242,6 +264,7 @@ class RedisRateStore:
         self._unlock = client.register_script(_UNLOCK)
         self._audit_lock = threading.Lock()
         self._audit: Any = None
+        self._stripes = [threading.Lock() for _ in range(STRIPES)]
 
     @classmethod
     def open(
@@ -252,7 +275,7 @@ class RedisRateStore:
     # ---- the milter's transaction ---------------------------------------------------------
 
     def _state(self, reply: list[Any], identity: str, windows: list[int]) -> RateState:
-        _, _, locked_at, cap, queue_id, *counts = reply
+        _, _, _, locked_at, cap, queue_id, *counts = reply
         lock = Lock(identity, locked_at, cap, queue_id) if locked_at else None
         return RateState(
             lock=lock,
@@ -263,6 +286,16 @@ class RedisRateStore:
 
     @contextmanager
     def transaction(
+        self, identity: str, windows: list[int], now: datetime
+    ) -> Iterator[RedisRateTransaction]:
+        # This process's threads queue for a sender here, without traffic; only servers
+        # contend for its mutex in Redis.
+        stripe = self._stripes[hash(identity) % len(self._stripes)]
+        with stripe, self._transaction(identity, windows, now) as tx:
+            yield tx
+
+    @contextmanager
+    def _transaction(
         self, identity: str, windows: list[int], now: datetime
     ) -> Iterator[RedisRateTransaction]:
         keys = _keys(identity)
@@ -276,10 +309,15 @@ class RedisRateStore:
                 break
             if time.monotonic() > deadline:
                 raise SharedBusy(f"{identity}: its counts stayed busy for {WAIT_S:.0f} s")
-            time.sleep(pause)
-            pause = min(pause * 2, 0.02)
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.005)
         tx = RedisRateTransaction(
-            self, identity, token, float(reply[1]), self._state(reply, identity, windows)
+            self,
+            identity,
+            token,
+            float(reply[1]),
+            self._state(reply, identity, windows),
+            total=int(reply[2]),
         )
         try:
             yield tx
@@ -348,14 +386,28 @@ class RedisRateStore:
     # ---- moving a server's SQLite counts and locks here -----------------------------------
 
     def import_events(self, identity: str, events: list[tuple[float, int, str]]) -> int:
-        """Add (time, rcpts, queue_id) events (`postwarden db move-to-shared`)."""
+        """Merge (time, rcpts, queue_id) events into the sender's (`postwarden db
+        move-to-shared`), its running totals recomputed in time order. Run before the
+        daemons use the shared store: the sender's set is rewritten whole."""
         if not events:
             return 0
         _, ev, _ = _keys(identity)
+        merged: list[tuple[float, int, str]] = list(events)
+        existing: Any = self.client.zrange(ev, 0, -1, withscores=True)
+        for member, score in existing:
+            _, n, _, qid = str(member).split(":", 3)
+            merged.append((float(score), int(n), qid))
+        merged.sort(key=lambda e: e[0])
+        total = 0
+        members: dict[str, float] = {}
+        for t, rcpts, queue_id in merged:
+            total += int(rcpts)
+            members[_member(total, int(rcpts), queue_id)] = t
         pipe = self.client.pipeline(transaction=True)
-        pipe.zadd(ev, {f"{uuid.uuid4().hex}:{int(r)}:{q}": t for t, r, q in events})
+        pipe.delete(ev)
+        pipe.zadd(ev, members)
         pipe.expire(ev, KEEP_EVENTS_S)
-        pipe.zadd(IDS, {identity: max(t for t, _, _ in events)}, gt=True)
+        pipe.zadd(IDS, {identity: merged[-1][0]}, gt=True)
         pipe.execute()
         return len(events)
 
@@ -453,7 +505,7 @@ def move_to_shared(
     SQLite rows stay: with [store].shared = "" again they are used as before."""
     key = f"{PREFIX}moved:{hashlib.sha256(marker.encode()).hexdigest()}"
     if not force and shared.client.exists(key):
-        raise SharedConfigError(
+        raise AlreadyMoved(
             f"{marker} was moved to the shared store already (--force copies it again)"
         )
     by_identity: dict[str, list[tuple[float, int, str]]] = {}
