@@ -523,6 +523,7 @@ def _reports_ingest(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    from postwarden.store.shared import SharedConfigError
     from postwarden.tui.app import PostwardenApp
     from postwarden.tui.backend import Backend
 
@@ -532,6 +533,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return EX_CONFIG
+    except SharedConfigError as exc:  # [store].shared's password file
+        print(f"postwarden: {exc}", file=sys.stderr)
         return EX_CONFIG
     PostwardenApp(backend, start=args.screen).run()
     return EX_OK

@@ -363,3 +363,20 @@ def test_the_commands_against_the_shared_store(
     )
     assert run(["--config", str(nopw), "unlock", "sasl:x"]) == 78
     assert "shared_password_file /nonexistent/pw" in capsys.readouterr().err
+
+
+def test_the_tui_backend_reads_and_unlocks_through_the_shared_store(
+    store: RedisRateStore, server: RedisServer, tmp_path: Path
+) -> None:
+    from postwarden.tui.backend import Backend
+
+    cfg = write_config(tmp_path, daemon_extra=f'shared = "{server.unix_url}"\n')
+    with store.transaction("sasl:a@example.com", [60], datetime.now(UTC)) as tx:
+        tx.count(1, "Q1")
+        tx.lock("messages 1/minute", "Q1")
+    backend = Backend(cfg)
+    [s] = backend.senders()
+    assert s.identity == "sasl:a@example.com" and s.locked and s.lock_queue_id == "Q1"
+    assert backend.unlock("sasl:a@example.com", "tui test") is True
+    assert backend.senders() == []
+    assert store.state("sasl:a@example.com", [60], datetime.now(UTC)).lock is None
