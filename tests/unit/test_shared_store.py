@@ -380,3 +380,15 @@ def test_the_tui_backend_reads_and_unlocks_through_the_shared_store(
     assert backend.unlock("sasl:a@example.com", "tui test") is True
     assert backend.senders() == []
     assert store.state("sasl:a@example.com", [60], datetime.now(UTC)).lock is None
+
+
+def test_a_commit_replayed_after_a_lost_reply_writes_nothing_twice(store: RedisRateStore) -> None:
+    with store.transaction("sasl:x", [60], NOW) as tx:
+        tx.count(1, "Q")
+    keys = list(sh._keys("sasl:x"))
+    again = store._commit(
+        keys=[*keys, sh.IDS, sh.LOCKS, f"{keys[0]}:done:{tx.token}"],
+        args=[tx.token, sh._ts(tx.now), sh.KEEP_EVENTS_S, "sasl:x", 1, *tx.members],
+    )
+    assert int(again) == 1  # the client's retry hears "committed"
+    assert store.state("sasl:x", [60], NOW).in_window(60) == (1, 1)  # counted once

@@ -17,6 +17,8 @@ Keys, under the prefix "postwarden:":
                            message, scored by its time (epoch seconds)
   rate:{<identity>}:lock   hash: locked_at, cap, queue_id
   rate:{<identity>}:mutex  the transaction's token (PX lease)
+  rate:{<identity>}:mutex:done:<token>   a committed transaction, for a minute: a commit
+                           retried after its reply was lost writes nothing twice
   rate:ids                 sorted set: identity -> time of its latest event
   rate:locks               set of the locked identities
   notice:<sha256 of the Message-ID>   a used notice token (EX NOTICE_TTL_S)
@@ -141,10 +143,14 @@ end
 return out
 """
 
-# KEYS: mutex, ev, lock, ids, locks. ARGV: token, at, keep s, identity, n, member x n,
+# KEYS: mutex, ev, lock, ids, locks, done. ARGV: token, at, keep s, identity, n, member x n,
 # then "1", locked_at, cap, queue_id to lock (or nothing). Returns 1, or 0 if the mutex is lost.
+# "done" marks the commit for a minute: a commit retried because its reply was lost (the
+# client retries once on a dropped connection) answers 1 again and writes nothing twice.
 _COMMIT = """
+if redis.call('EXISTS', KEYS[6]) == 1 then return 1 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[6], '1', 'EX', 60)
 local at = tonumber(ARGV[2])
 local keep = tonumber(ARGV[3])
 local n = tonumber(ARGV[5])
@@ -329,7 +335,7 @@ class RedisRateStore:
             raise
         lock_args: list[str] = ["1", *tx.locking] if tx.locking else []
         done = self._commit(
-            keys=[*keys, IDS, LOCKS],
+            keys=[*keys, IDS, LOCKS, f"{keys[0]}:done:{token}"],
             args=[
                 token,
                 _ts(tx.now),
