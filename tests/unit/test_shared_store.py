@@ -362,7 +362,7 @@ def test_the_commands_against_the_shared_store(
         daemon_extra=f'shared = "{server.url}"\nshared_password_file = "/nonexistent/pw"\n',
     )
     assert run(["--config", str(nopw), "unlock", "sasl:x"]) == 78
-    assert "shared_password_file /nonexistent/pw" in capsys.readouterr().err
+    assert "store.shared_password_file: cannot read /nonexistent/pw" in capsys.readouterr().err
 
 
 def test_the_tui_backend_reads_and_unlocks_through_the_shared_store(

@@ -165,11 +165,24 @@ def load_daemon_config(path: Path, problems: list[Problem]) -> DaemonConfig | No
         problems.extend(_validation_problems(str(path), DaemonConfig, exc))
         return None
     base = path.parent
+    # [store].shared_password_file (issue 19): relative to postwarden.toml, and readable.
+    password_file = (
+        _resolve(base, cfg.store.shared_password_file) if cfg.store.shared_password_file else ""
+    )
+    if password_file and not os.access(password_file, os.R_OK):
+        problems.append(
+            Problem(str(path), "store.shared_password_file", f"cannot read {password_file}")
+        )
     # Relative paths are relative to postwarden.toml, so a config folder can be moved whole.
     return cfg.model_copy(
         update={
             "policies": _resolve(base, cfg.policies),
-            "store": cfg.store.model_copy(update={"database": _resolve(base, cfg.store.database)}),
+            "store": cfg.store.model_copy(
+                update={
+                    "database": _resolve(base, cfg.store.database),
+                    "shared_password_file": password_file,
+                }
+            ),
             "milter": cfg.milter.model_copy(update={"pidfile": _resolve(base, cfg.milter.pidfile)}),
         }
     )

@@ -204,10 +204,11 @@ class Daemon:
         Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY)
         _prepare_socket_dir(cfg.milter.socket)
         log.info(
-            "starting on %s with policy %s, database %s",
+            "starting on %s with policy %s, database %s, counts and locks in %s",
             cfg.milter.socket,
             self.runtime.policy.hash,
             cfg.store.database,
+            cfg.store.shared or "the database",
         )
         try:
             _open_libmilter(cfg.milter.socket, cfg.milter.timeout)
