@@ -6,9 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
-APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl prometheus
+APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl prometheus redis-server
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports bench-metrics clean deb
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports bench-metrics bench-redis clean deb
 
 install: deps-apt venv
 
@@ -68,6 +68,11 @@ bench-tui: install
 # BENCH_SESSIONS, BENCH_SCRAPE_S).
 bench-metrics: install
 	$(BIN)/python bench/metrics.py
+
+# The rate store's cost per message, SQLite beside Redis (TCP and unix socket) from one run:
+# writes its own section of docs/benchmarks.md (issue 19; under a minute, BENCH_REDIS_MESSAGES).
+bench-redis: install
+	$(BIN)/python bench/redis_store.py
 
 # ---- deploy: the Debian package (deploy/debian/) ----
 # dist/postwarden_<version>_<arch>.deb: the venv under /opt/postwarden built here from wheels,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -248,11 +249,64 @@ def _db(cfg: Any) -> Any:
     return db
 
 
+# ---- [store].shared (issue 19): the Redis store, and moving SQLite's counts into it ----------
+
+
+@contextlib.contextmanager
+def _shared(cfg: Any) -> Iterator[Any]:
+    """The shared store [store].shared names (None without one); an unreachable Redis or an
+    unreadable password file ends the command with a clear error."""
+    from postwarden.store.shared import SharedConfigError, SharedUnavailable, open_shared
+
+    try:
+        yield open_shared(cfg.daemon.store)
+    except SharedConfigError as exc:
+        print(f"postwarden: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+    except SharedUnavailable as exc:
+        print(
+            f"postwarden: the shared store {cfg.daemon.store.shared} is unreachable: {exc}",
+            file=sys.stderr,
+        )
+        raise SystemExit(EX_TEMPFAIL) from None
+
+
+def cmd_db_move_to_shared(args: argparse.Namespace) -> int:
+    import socket
+
+    from postwarden.store.shared import AlreadyMoved, move_to_shared
+
+    cfg = _load(args)
+    if not cfg.daemon.store.shared:
+        print("postwarden: [store].shared is empty: name the Redis to move to", file=sys.stderr)
+        return EX_CONFIG
+    db = _db(cfg)
+    marker = f"{socket.getfqdn()}:{Path(cfg.daemon.store.database).resolve()}"
+    try:
+        with _shared(cfg) as shared:
+            moved = move_to_shared(db.conn, shared, marker, time.time(), force=args.force)
+    except AlreadyMoved as exc:
+        print(f"postwarden: {exc}", file=sys.stderr)
+        return EX_FOUND
+    if args.json:
+        print(json.dumps(moved.as_dict(), indent=2, sort_keys=True))
+    else:
+        print(
+            f"moved {moved.events} count(s) of {moved.identities} sender(s) and {moved.locks} "
+            f"lock(s) to {cfg.daemon.store.shared}"
+            + (f"; {moved.locks_already} lock(s) were there already" if moved.locks_already else "")
+        )
+    return EX_OK
+
+
 def cmd_senders(args: argparse.Namespace) -> int:
     from postwarden import senders
 
     cfg = _load(args)
-    rows = senders.statuses(_db(cfg), cfg.policy, datetime.now(UTC), locked_only=args.locked)
+    with _shared(cfg) as shared:
+        rows = senders.statuses(
+            _db(cfg), cfg.policy, datetime.now(UTC), locked_only=args.locked, shared=shared
+        )
     paced = _senders_schedule(_db(cfg), cfg)  # streams.md
     if args.json:
         out = [r.as_dict() for r in rows]
@@ -310,7 +364,9 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     from postwarden import senders
 
     cfg = _load(args)
-    if senders.unlock(_db(cfg), args.sender, args.note or ""):
+    with _shared(cfg) as shared:
+        done = senders.unlock(_db(cfg), args.sender, args.note or "", shared=shared)
+    if done:
         print(f"unlocked {args.sender}" + (f" ({args.note})" if args.note else ""))
         print(f"its held mail stays held: postwarden quarantine release --sender {args.sender}")
         return EX_OK
@@ -711,6 +767,7 @@ def cmd_suppression(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    from postwarden.store.shared import SharedConfigError
     from postwarden.tui.app import PostwardenApp
     from postwarden.tui.backend import Backend
 
@@ -720,6 +777,9 @@ def cmd_tui(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return EX_CONFIG
+    except SharedConfigError as exc:  # [store].shared's password file
+        print(f"postwarden: {exc}", file=sys.stderr)
         return EX_CONFIG
     PostwardenApp(backend, start=args.screen).run()
     return EX_OK
@@ -794,6 +854,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create or upgrade the SQLite schema (the daemon also does this on start).",
     )
     m.set_defaults(fn=cmd_db_migrate)
+    m = dbsub.add_parser(
+        "move-to-shared",
+        help="copy this server's counts and locks into the shared store ([store].shared)",
+        description="Copy the database's rate counts (the last two days) and locks into the "
+        "Redis [store].shared names, once per database: run it on each server when switching, "
+        "before restarting the daemon with [store].shared set. The database keeps its rows.",
+    )
+    m.add_argument("--force", action="store_true", help="copy again (counts twice)")
+    m.add_argument("--json", action="store_true", help="print what was moved as JSON")
+    m.set_defaults(fn=cmd_db_move_to_shared)
 
     s = sub.add_parser(
         "log",

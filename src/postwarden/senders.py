@@ -12,6 +12,7 @@ from postwarden import audit
 from postwarden.config.models import Policy
 from postwarden.policy.route import caps_for
 from postwarden.store import rates
+from postwarden.store.shared import RedisRateStore
 
 
 @dataclass
@@ -32,19 +33,29 @@ class SenderStatus:
 
 
 def statuses(
-    db: sqlite_utils.Database, policy: Policy, now: datetime, locked_only: bool = False
+    db: sqlite_utils.Database,
+    policy: Policy,
+    now: datetime,
+    locked_only: bool = False,
+    shared: RedisRateStore | None = None,
 ) -> list[SenderStatus]:
-    """Each identity's counts against the caps the milter enforces for it (policy/route.py)."""
+    """Each identity's counts against the caps the milter enforces for it (policy/route.py),
+    from Redis when `shared` is given ([store].shared), else from the database."""
     windows = policy.rate_windows()
     since = now.timestamp() - max(windows or [86400])
     out = []
-    for name in rates.identities(db.conn, since, locked_only):
+    names = (
+        shared.identities(since, locked_only)
+        if shared is not None
+        else rates.identities(db.conn, since, locked_only)
+    )
+    for name in names:
         caps = caps_for(name, policy)
-        state = rates.read_state(
-            db.conn,
-            name,
-            sorted({w for _, w, _ in (*caps.messages, *caps.recipients)}),
-            now.timestamp(),
+        windows = sorted({w for _, w, _ in (*caps.messages, *caps.recipients)})
+        state = (
+            shared.read(name, windows, now.timestamp())
+            if shared is not None
+            else rates.read_state(db.conn, name, windows, now.timestamp())
         )
         s = SenderStatus(name)
         s.messages = [
@@ -72,9 +83,12 @@ def statuses(
     return out
 
 
-def unlock(db: sqlite_utils.Database, identity: str, note: str = "") -> bool:
-    """Lift the lock (and start the sender's windows afresh), audited."""
-    done = rates.unlock(db.conn, identity)
+def unlock(
+    db: sqlite_utils.Database, identity: str, note: str = "", shared: RedisRateStore | None = None
+) -> bool:
+    """Lift the lock (and start the sender's windows afresh), audited in the database. With
+    `shared`, the lock in Redis: lifted for every server."""
+    done = shared.unlock(identity) if shared is not None else rates.unlock(db.conn, identity)
     if done:
         audit.record(db, "unlock", [identity], note)
     return done

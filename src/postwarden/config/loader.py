@@ -165,11 +165,24 @@ def load_daemon_config(path: Path, problems: list[Problem]) -> DaemonConfig | No
         problems.extend(_validation_problems(str(path), DaemonConfig, exc))
         return None
     base = path.parent
+    # [store].shared_password_file (issue 19): relative to postwarden.toml, and readable.
+    password_file = (
+        _resolve(base, cfg.store.shared_password_file) if cfg.store.shared_password_file else ""
+    )
+    if password_file and not os.access(password_file, os.R_OK):
+        problems.append(
+            Problem(str(path), "store.shared_password_file", f"cannot read {password_file}")
+        )
     # Relative paths are relative to postwarden.toml, so a config folder can be moved whole.
     return cfg.model_copy(
         update={
             "policies": _resolve(base, cfg.policies),
-            "store": cfg.store.model_copy(update={"database": _resolve(base, cfg.store.database)}),
+            "store": cfg.store.model_copy(
+                update={
+                    "database": _resolve(base, cfg.store.database),
+                    "shared_password_file": password_file,
+                }
+            ),
             "milter": cfg.milter.model_copy(update={"pidfile": _resolve(base, cfg.milter.pidfile)}),
         }
     )
@@ -375,6 +388,17 @@ def load_config(
         if daemon is None:
             raise ConfigError(problems)
     policy, keys = load_policy(daemon, problems, warnings, validate_keys, overrides)
+    if policy is not None and daemon.store.shared and (policy.warmup or policy.streams.bulk.pace):
+        # Pacing and warm-up keep their schedule in the rate transaction of this server's
+        # SQLite; with the counts in Redis that transaction is Redis's. Refused, not half-done.
+        problems.append(
+            Problem(
+                str(path),
+                "store.shared",
+                "pacing ([streams.bulk].pace) and [warmup] work with the SQLite store only, not"
+                ' yet with [store].shared: set shared = "" or drop pace and [warmup]',
+            )
+        )
     if problems or policy is None:
         raise ConfigError(problems)
     return Config(path=path, daemon=daemon, policy=policy, keys=keys, warnings=warnings)

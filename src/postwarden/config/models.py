@@ -172,9 +172,35 @@ class LogSection(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# ---- [store].shared (issue 19): counts, locks and notice state in Redis ----------------------
+def _shared_url(value: str) -> str:
+    if not value:
+        return value
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (parses it: a bad port raises ValueError)
+    except ValueError as exc:
+        raise ValueError(f"not a Redis address: {exc}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            'want "redis://HOST:PORT/DB", "rediss://HOST:PORT/DB" or "unix:///path?db=N"'
+        )
+    if parts.password or parts.username:
+        raise ValueError("no password inline: put it in shared_password_file")
+    if parts.scheme == "unix" and not parts.path.startswith("/"):
+        raise ValueError("unix:///path: the socket's absolute path")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("the Redis host is missing")
+    return value
+
+
 class StoreSection(Strict):
     database: str = "/var/lib/postwarden/postwarden.db"
     retention_days: int = Field(default=90, gt=0)
+    shared: Annotated[str, AfterValidator(_shared_url)] = ""
+    shared_password_file: str = ""
 
 
 class PostfixSection(Strict):

@@ -40,6 +40,14 @@ from postwarden.store import daemon_state
 from postwarden.store.db import open_db
 from postwarden.store.feedback import SuppressionLookup
 from postwarden.store.rates import RateStore
+from postwarden.store.shared import (
+    RedisRateStore,
+    RedisUsedTokens,
+    SharedConfigError,
+    SharedUnavailable,
+    open_rates,
+    open_shared,
+)
 from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
@@ -103,10 +111,15 @@ class Daemon:
         )
         self.writer.start()  # migrates: the tables and the notice key exist from here on
         secret = daemon_state.notice_secret(open_db(config.daemon.store.database))
+        # [store].shared (issue 19): counts, locks and used notice tokens in Redis.
+        shared = open_shared(config.daemon.store)
+        used_tokens = RedisUsedTokens(shared.client) if shared is not None else None
+        if shared is not None:
+            secret = _shared_secret(shared, secret)
         self.runtime = Runtime(
             config=config,
             writer=self.writer,
-            rates=rates,
+            rates=shared if shared is not None else open_rates(config.daemon.store),
             notifier=Notifier(
                 config.daemon.postfix.config_directory,
                 config.policy.rate.notify,
@@ -115,6 +128,7 @@ class Daemon:
             ),
             notice_secret=secret,
             suppressions=SuppressionLookup(config.daemon.store.database),
+            used_tokens=used_tokens,
         )
         # Complaint notices gathered over [feedback].notice_interval (feedback.md).
         self.flusher = NoticeFlusher(lambda: self.config)
@@ -237,10 +251,11 @@ class Daemon:
         )
         _prepare_socket_dir(cfg.milter.socket)
         log.info(
-            "starting on %s with policy %s, database %s",
+            "starting on %s with policy %s, database %s, counts and locks in %s",
             cfg.milter.socket,
             self.runtime.policy.hash,
             cfg.store.database,
+            cfg.store.shared or "the database",
         )
         try:
             _open_libmilter(cfg.milter.socket, cfg.milter.timeout)
@@ -309,6 +324,16 @@ class Daemon:
                 "stopping with %d message(s) unfinished: Postfix tempfails them",
                 self.runtime.in_flight,
             )
+
+
+def _shared_secret(shared: RedisRateStore, local: str) -> str:
+    """Every server binds its notices with the key the first one put in Redis; if Redis is
+    down at start, the local key (a notice then passes only the server that sent it)."""
+    try:
+        return shared.notice_secret(local)
+    except SharedUnavailable as exc:
+        log.warning("[store].shared unreachable at start (%s): the local notice key is used", exc)
+        return local
 
 
 def _open_libmilter(socket: str, timeout: int) -> None:
@@ -390,4 +415,9 @@ def run(config_file: Path) -> int:
     setup_logging(config.daemon.log.to, config.daemon.log.level)
     for w in config.warnings:
         log.warning("%s", w)
-    return Daemon(config).run()
+    try:
+        daemon = Daemon(config)
+    except SharedConfigError as exc:
+        print(f"postwarden: refusing to start: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    return daemon.run()

@@ -49,7 +49,8 @@ from postwarden.policy.model import (
 from postwarden.policy.route import Route, route
 from postwarden.signing import RelaxedBodyHasher, Signature, sign
 from postwarden.store import pacing
-from postwarden.store.rates import RateStore, RateTransaction
+from postwarden.store.rates import RateTransaction
+from postwarden.store.shared import RateBackend, RateTx
 
 STREAM_HEADER = "X-Postwarden-Stream"  # streams.md: added outside the signature
 
@@ -156,7 +157,7 @@ def prepare(
         raise StepFailed(verdict, step, exc) from exc
 
 
-def write(verdict: Verdict, tx: RateTransaction | None, queue_id: str, day: str = "") -> None:
+def write(verdict: Verdict, tx: RateTx | None, queue_id: str, day: str = "") -> None:
     """Steps count and lock: in the sender's transaction, committed with the outcome. With
     them (streams.md): warm-up counts of `day`, and a paced hold's place on the schedule."""
     step = "count"
@@ -172,13 +173,24 @@ def write(verdict: Verdict, tx: RateTransaction | None, queue_id: str, day: str 
                 tx.lock(lock.cap, queue_id)
             # ---- streams.md ----
             for wc in verdict.of(WarmupCount):
-                pacing.add_warmup(tx.conn, day, wc.charges)
+                pacing.add_warmup(_sqlite(tx).conn, day, wc.charges)
             for sc in verdict.of(Schedule):
                 if not queue_id:
                     raise RuntimeError("a paced message without a queue id cannot be scheduled")
-                pacing.enqueue(tx.conn, queue_id, tx.now, verdict.identity, sc.pace, sc.charges)
+                local = _sqlite(tx)
+                pacing.enqueue(
+                    local.conn, queue_id, local.now, verdict.identity, sc.pace, sc.charges
+                )
     except Exception as exc:
         raise StepFailed(verdict, step, exc) from exc
+
+
+def _sqlite(tx: RateTx) -> RateTransaction:
+    """Pacing and warm-up write in the SQLite rate transaction (the loader refuses them with
+    [store].shared)."""
+    if not isinstance(tx, RateTransaction):
+        raise RuntimeError("pacing and warm-up need the SQLite rate store, not [store].shared")
+    return tx
 
 
 def tell_postfix(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
@@ -238,7 +250,7 @@ def carry_out(
     msg: Message,
     io: Postfix,
     config: Config,
-    rates: RateStore,
+    rates: RateBackend,
     notifier: Notifier,
     now: datetime,
     route_: Route | None = None,
@@ -272,7 +284,7 @@ def carry_out(
             if policy.warmup:  # streams.md: today's warm-up counts, read in this transaction
                 day = schedule_today(now).isoformat()
                 state = dc_replace(
-                    state, warmup_today=day, warmup=pacing.warmup_state(tx.conn, day)
+                    state, warmup_today=day, warmup=pacing.warmup_state(_sqlite(tx).conn, day)
                 )
             verdict = evaluate(facts, policy, now, state, r)
             same = _same_work(early, verdict)

@@ -40,6 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from email.utils import formatdate
+from typing import Protocol
 
 log = logging.getLogger("postwarden")
 
@@ -166,16 +167,39 @@ def notice_token(secret: str, message_id: str, issued: int, rcpts: list[str], fr
     return f"t={issued}; mac={_mac(secret, message_id, issued, rcpts, from_)}"
 
 
+class UsedTokens(Protocol):
+    """Where NoticeGuard keeps the tokens it has taken: this process (MemoryUsedTokens) or,
+    with [store].shared, Redis (store.shared.RedisUsedTokens), so a notice is used once on
+    every server."""
+
+    def first_use(self, message_id: str, now: float) -> bool: ...
+
+
+class MemoryUsedTokens:
+    def __init__(self) -> None:
+        self._used: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def first_use(self, message_id: str, now: float) -> bool:
+        with self._lock:
+            for mid, at in list(self._used.items()):
+                if now - at > NOTICE_TTL_S:
+                    del self._used[mid]
+            if message_id in self._used:
+                return False
+            self._used[message_id] = now
+        return True
+
+
 class NoticeGuard:
     """Knows postwarden's own notices: local submission with the null sender, the notifier's
     From, recipients and Message-ID bound by the HMAC, issued within NOTICE_TTL_S, and each
     token taken once. A user who has seen a notice can replay none of it: another recipient,
     another From or a later use fails."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, used: UsedTokens | None = None) -> None:
         self.secret = secret
-        self._used: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self.used: UsedTokens = used if used is not None else MemoryUsedTokens()
 
     def check(
         self,
@@ -201,14 +225,7 @@ class NoticeGuard:
             return False
         if not consume:
             return True
-        with self._lock:
-            for mid, at in list(self._used.items()):
-                if now - at > NOTICE_TTL_S:
-                    del self._used[mid]
-            if message_id in self._used:
-                return False
-            self._used[message_id] = now
-        return True
+        return self.used.first_use(message_id, now)
 
 
 # ---- any notice: complaints and suppressed recipients (feedback.md) ----------------------------

@@ -13,11 +13,11 @@ from typing import Any
 from postwarden.config import Config
 from postwarden.config.models import Policy
 from postwarden.metrics import Metrics
-from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier
+from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier, UsedTokens
 from postwarden.policy.model import Facts, Verdict
 from postwarden.signing import Signature
 from postwarden.store.feedback import SuppressionLookup
-from postwarden.store.rates import RateStore
+from postwarden.store.shared import RateBackend
 from postwarden.store.text import readable
 from postwarden.store.writer import Writer
 from postwarden.textsafe import logfield
@@ -29,11 +29,12 @@ log = logging.getLogger("postwarden")
 class Runtime:
     config: Config
     writer: Writer
-    rates: RateStore
+    rates: RateBackend  # store.rates.RateStore, or store.shared.RedisRateStore ([store].shared)
     notifier: Notifier
     notice_secret: str = ""
     # Suppressed recipients (feedback.md), looked up at RCPT and end-of-message; None: none.
     suppressions: SuppressionLookup | None = None
+    used_tokens: UsedTokens | None = None  # [store].shared: the notices used on every server
     in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     guard: NoticeGuard = field(init=False)
@@ -41,7 +42,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
-        self.guard = NoticeGuard(self.notice_secret)
+        self.guard = NoticeGuard(self.notice_secret, self.used_tokens)
         self.metrics.hosted(self.config.policy.domains)
 
     @property

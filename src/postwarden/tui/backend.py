@@ -20,6 +20,7 @@ from postwarden.config.loader import Problem
 from postwarden.store import migrate, open_db
 from postwarden.store.daemon_state import writer_health
 from postwarden.store.queries import decisions, point_in_time
+from postwarden.store.shared import open_shared
 
 PAGE = 100  # decision rows a page
 HELD_PAGE = 200  # held messages a page
@@ -77,6 +78,7 @@ class Backend:
         self.lost_rows = 0
         self.db = open_db(self.config.daemon.store.database)
         migrate(self.db)
+        self.shared = open_shared(self.config.daemon.store)  # [store].shared: Redis, or None
 
     @property
     def postfix_dir(self) -> str:
@@ -138,11 +140,11 @@ class Backend:
 
     def senders(self) -> list[senders.SenderStatus]:
         with self.lock:
-            return senders.statuses(self.db, self.config.policy, self.now())
+            return senders.statuses(self.db, self.config.policy, self.now(), shared=self.shared)
 
     def unlock(self, identity: str, note: str) -> bool:
         with self.lock:
-            return senders.unlock(self.db, identity, note)
+            return senders.unlock(self.db, identity, note, shared=self.shared)
 
     # ---- domains ------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from textual.widgets import (
 
 from postwarden import policyedit
 from postwarden.quarantine import Held, PostfixError, by_sender, page
+from postwarden.store.shared import SharedUnavailable
 from postwarden.textsafe import printable, printable_lines
 from postwarden.tui.backend import HELD_PAGE, PAGE, Backend, DecisionFilter, Saved
 from postwarden.tui.modals import ConfirmScreen, MessageScreen, NoteScreen
@@ -670,7 +671,11 @@ class SendersScreen(BaseScreen):
 
     @work(thread=True, exclusive=True, group="senders")
     def load(self) -> None:
-        rows = self.backend.senders()
+        try:
+            rows = self.backend.senders()
+        except SharedUnavailable as exc:  # [store].shared: Redis down; the screen stays
+            self.say(f"the shared store is unreachable: {exc}", severity="error")
+            return
         self.app.call_from_thread(self.show_rows, rows)
 
     def show_rows(self, rows: list[Any]) -> None:
@@ -723,7 +728,11 @@ class SendersScreen(BaseScreen):
 
     @work(thread=True, group="unlock")
     def unlock(self, identity: str, note: str) -> None:
-        ok = self.backend.unlock(identity, note)
+        try:
+            ok = self.backend.unlock(identity, note)
+        except SharedUnavailable as exc:
+            self.say(f"not unlocked: the shared store is unreachable: {exc}", severity="error")
+            return
         self.say(f"unlocked {identity}" if ok else f"{identity} was not locked")
         self.app.call_from_thread(self.load)
 
