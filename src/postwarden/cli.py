@@ -51,6 +51,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EX_CONFIG
     for w in cfg.warnings:
         print(w)
+    from postwarden.policy.route import local_overlaps
+
+    for overlap in local_overlaps(cfg.policy):
+        print(f"warning: {overlap}")
     # Run as root: can the service user read what the daemon reads?
     from postwarden import owner
 

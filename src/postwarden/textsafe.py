@@ -16,6 +16,7 @@ Everything else, non-ASCII letters included, is shown as it is.
 
 from __future__ import annotations
 
+import codecs
 import unicodedata
 
 # Format characters that reorder or hide text. (Not every Cf: U+200D ZERO WIDTH JOINER is in
@@ -76,3 +77,40 @@ def logfield(value: str) -> str:
         return value
     inner = value.replace("\\", "\\\\").replace('"', '\\"')
     return '"' + printable(inner) + '"'
+
+
+# ---- readable: text that encodes as UTF-8 whatever bytes it held (was store/text.py) ----
+
+
+def _to_bytes(exc: UnicodeError) -> tuple[bytes, int]:
+    # Encoding: an escaped byte (U+DC80..U+DCFF) becomes that byte; any other lone surrogate
+    # becomes U+FFFD.
+    assert isinstance(exc, UnicodeEncodeError)
+    out = bytearray()
+    for ch in exc.object[exc.start : exc.end]:
+        code = ord(ch)
+        out += bytes([code - 0xDC00]) if 0xDC80 <= code <= 0xDCFF else "\ufffd".encode()
+    return bytes(out), exc.end
+
+
+def _latin1(exc: UnicodeError) -> tuple[str, int]:
+    assert isinstance(exc, UnicodeDecodeError)
+    return exc.object[exc.start : exc.end].decode("latin-1"), exc.end
+
+
+codecs.register_error("postwarden.to_bytes", _to_bytes)
+codecs.register_error("postwarden.latin1", _latin1)
+
+
+def readable(text: str) -> str:
+    """`text` as valid Unicode that encodes as UTF-8, its undecodable bytes read as Latin-1."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    return text.encode("utf-8", "postwarden.to_bytes").decode("utf-8", "postwarden.latin1")
+
+
+def readable_value(value: object) -> object:
+    return readable(value) if isinstance(value, str) else value

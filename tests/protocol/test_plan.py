@@ -302,3 +302,98 @@ def test_the_notice_service_is_local_submission_and_other_unix_clients_are_not(
     notice_path, other = rows(rt)
     assert notice_path["identity"] == "local:www-data" and notice_path["outbound"] is True
     assert other["outbound"] is False
+
+
+# ---- what the review of the decision path found, each now a test ----------------------------
+
+
+def test_a_refusal_stands_when_the_senders_store_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store cannot be read (locked for longer than the busy timeout, or down): a message
+    already refused by an earlier check is refused, not given on_error = accept."""
+    import sqlite3
+
+    rt = _runtime(tmp_path, on_error="accept")
+
+    def broken(*a: object, **k: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(rt.rates, "transaction", broken)
+    ctx = Ctx()
+    ctx.connect()
+    forged = ctx.send(
+        message(from_="ceo@elsewhere.test"),
+        "alice@example.com",
+        "b@r.test",
+        login="alice@example.com",
+    )
+    assert forged == Milter.REJECT and "not hosted" in ctx._reply[2]
+    ordinary = send(ctx, "ordinary", "Q2")
+    assert ordinary == Milter.ACCEPT  # the admin's on_error = accept, where no verdict was reached
+    refused, accepted = rows(rt)
+    assert refused["action"] == "reject" and refused["error"] == ""
+    assert accepted["action"] == "accept" and str(accepted["error"]).startswith("count: ")
+    assert accepted["signatures"] == []  # unsigned, as on_error = accept says
+
+
+def test_a_commit_failure_never_lets_a_signed_uncounted_message_leave(tmp_path: Path) -> None:
+    rt = _runtime(tmp_path, on_error="accept")
+    _fail_at("commit")
+    ctx = Ctx()
+    ctx.connect()
+    assert send(ctx, "x", "Q1") == Milter.TEMPFAIL
+    [r] = rows(rt)
+    assert r["action"] == "tempfail" and str(r["error"]).startswith("commit: ")
+
+
+def test_a_failure_in_connect_applies_to_every_message_of_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = _runtime(tmp_path)
+
+    def boom(*a: object) -> bool:
+        raise RuntimeError("connect broke")
+
+    monkeypatch.setattr(adapter, "is_pickup", boom)
+    ctx = Ctx()
+    ctx.connect(ip="127.0.0.1", port=0, name="localhost")
+    assert send(ctx, "one", "Q1") == Milter.TEMPFAIL
+    assert send(ctx, "two", "Q2") == Milter.TEMPFAIL  # not forgotten at the next MAIL FROM
+    assert [str(r["error"]).startswith("decide: RuntimeError: connect") for r in rows(rt)] == [
+        True,
+        True,
+    ]
+
+
+def test_an_answer_that_cannot_be_given_still_leaves_a_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = _runtime(tmp_path)
+    _fail_at("sign")
+    ctx = Ctx()
+    ctx.connect()
+
+    def refuse(*a: object) -> None:
+        raise UnicodeEncodeError("utf-8", "x", 0, 1, "pymilter encodes strictly")
+
+    monkeypatch.setattr(ctx, "setreply", refuse)
+    assert send(ctx, "x", "Q1") == Milter.TEMPFAIL
+    [r] = rows(rt)
+    assert r["action"] == "tempfail" and r["queue_id"] == "Q1"
+
+
+def test_a_forged_notice_token_is_no_notice_and_keeps_the_facts(tmp_path: Path) -> None:
+    """A non-ASCII mac made hmac.compare_digest raise, and the row lost its facts."""
+    rt = _runtime(tmp_path)
+    ctx = Ctx()
+    ctx.connect(ip="127.0.0.1", port=0, name="localhost")
+    forged = (
+        "From: postwarden <postmaster@test>\r\nTo: a@r.test\r\nSubject: forged\r\n"
+        "Message-ID: <n@test>\r\nX-Postwarden-Notice: t=9999999999; mac=\u00e9\r\n"
+        "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nhi\r\n"
+    ).encode()
+    ctx.send(forged, "", "a@r.test", queue_id="QF")
+    [r] = rows(rt)
+    assert r["queue_id"] == "QF" and r["rcpts"] == ["a@r.test"] and r["outbound"] is True
+    assert "outbound.notice" not in [f"{x['check']}.{x['code']}" for x in r["reasons"]]  # type: ignore[attr-defined]

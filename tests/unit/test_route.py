@@ -141,3 +141,19 @@ def test_route_and_senders_agree(
 def test_inbound_has_no_outbound_rule(tmp_path: Path) -> None:
     policy = load_config(write_config(tmp_path, POLICY)).policy
     assert route(_facts(client_addr="198.51.100.1"), policy).outbound_rule is None
+
+
+def test_check_config_warns_of_overlapping_local_grants(tmp_path: Path) -> None:
+    from postwarden.policy.route import local_overlaps
+
+    policy = load_config(
+        write_config(
+            tmp_path,
+            '[local]\nsend_as = { "alice" = ["alice@example.com"], "www-data" = ["*@example.com"],'
+            ' "root" = ["*@*.example.net"], "cron" = ["cron@mail.example.net"] }\n',
+        )
+    ).policy
+    found = local_overlaps(policy)
+    assert len(found) == 2, found
+    assert '"www-data" and "alice" both match alice@example.com' in found[0]
+    assert '"cron" and "root" both match cron@mail.example.net' in found[1]

@@ -14,6 +14,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace as dc_replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -58,6 +59,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.conn: dict[str, Any] = {}
+        # A failure in connect: it applies to every message of the connection (_reset keeps it).
+        self.conn_error = ""
         self._reset()
 
     def _reset(self) -> None:
@@ -120,6 +123,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             )
         except Exception as exc:  # noqa: BLE001  (the boundary: remembered, tempfailed at eom)
             self._fail("connect", exc)
+            self.conn_error = self.error
         return CONTINUE
 
     @noreply
@@ -235,8 +239,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         try:
             facts = self._facts(self.getsymval("i") or "", final=True)
             r = route(facts, config.policy)
-            if self.error:
-                raise RuntimeError(self.error)
+            if self.error or self.conn_error:
+                raise RuntimeError(self.conn_error or self.error)
             keep = self.body_chunks is not None and (
                 self.mime is None or any(x.content_type == "text/html" for x in self.mime.leaves)
             )
@@ -261,10 +265,19 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
                 step,
                 "".join(traceback.format_exception(cause)).strip(),
             )
-            rc = self._apply_error(verdict, reached)
+            try:
+                rc = self._apply_error(verdict, reached)
+            except Exception as again:  # noqa: BLE001  (libmilter must get an answer)
+                log.error("%s: could not answer the failure: %r", facts.queue_id, again)
+                rc = REJECT if verdict.action == Action.REJECT else TEMPFAIL
         finally:
             self._end_message()
-        self.runtime.record(facts, verdict, now, (time.perf_counter() - started) * 1000, signatures)
+        try:
+            self.runtime.record(
+                facts, verdict, now, (time.perf_counter() - started) * 1000, signatures
+            )
+        except Exception as exc:  # noqa: BLE001  (the answer stands; the writer counts its own)
+            log.error("%s: decision not recorded: %r", facts.queue_id or "NOQUEUE", exc)
         return rc
 
     def abort(self) -> int:
@@ -282,19 +295,12 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self.runtime.message_ended()
 
     def _facts(self, queue_id: str, final: bool = False) -> Facts:
+        """The facts. At end-of-message also what needs a look-up or a scan (the MIME problem,
+        the suppressed recipients, whether it is postwarden's own notice): built after the plain
+        facts, so that if one of those fails the error row still has everything else."""
         local = bool(self.conn.get("local"))
-        mime_problem = ""
-        if final and self.mime is not None:
-            self.mime.close()
-            mime_problem = self.mime.problem
-        return Facts(
-            mime_problem=mime_problem,
-            suppressed=self._suppressed() if final else (),
+        facts = Facts(
             tag_key=self.runtime.notice_secret,
-            # Asked once, at end-of-message: a notice's token is taken when it is seen.
-            system_notice=final
-            and local
-            and self.runtime.is_notice(self.headers, self.mail_from, self.rcpts),
             queue_id=queue_id,
             hostname=self.conn.get("hostname", ""),
             client_addr=self.conn.get("client_addr", ""),
@@ -310,6 +316,24 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             headers=tuple(self.headers),
             size=self.size,
         )
+        if not final:
+            return facts
+        try:
+            mime_problem = ""
+            if self.mime is not None:
+                self.mime.close()
+                mime_problem = self.mime.problem
+            return dc_replace(
+                facts,
+                mime_problem=mime_problem,
+                suppressed=self._suppressed(),
+                # Asked once, at end-of-message: a notice's token is taken when it is seen.
+                system_notice=local
+                and self.runtime.is_notice(self.headers, self.mail_from, self.rcpts),
+            )
+        except Exception as exc:  # noqa: BLE001  (remembered: eom fails the message with these facts)
+            self._fail("eom facts", exc)
+            return facts
 
     def _suppressed(self) -> tuple[Suppression, ...]:
         """Every active suppression of this message's recipients (feedback.md): the check

@@ -51,6 +51,7 @@ from postwarden.signing import RelaxedBodyHasher, Signature, sign
 from postwarden.store import pacing
 from postwarden.store.rates import RateTransaction
 from postwarden.store.shared import RateBackend, RateTx
+from postwarden.store.text import readable
 
 STREAM_HEADER = "X-Postwarden-Stream"  # streams.md: added outside the signature
 
@@ -105,8 +106,9 @@ def _at(step: str) -> None:
 
 
 def reply_text(text: str) -> str:
-    # libmilter treats the text as a format string and refuses CR or LF.
-    text = text.replace("\r", " ").replace("\n", " ").replace("%", "%%")
+    # libmilter treats the text as a format string and refuses CR or LF; pymilter encodes it
+    # strictly, so bytes that are not UTF-8 (an 8-bit MAIL FROM quoted in it) are made readable.
+    text = readable(text).replace("\r", " ").replace("\n", " ").replace("%", "%%")
     return text[:MAX_REPLY]
 
 
@@ -271,6 +273,13 @@ def carry_out(
     # The transaction, one at a time in this process, then holds its lock for microseconds of
     # SQL instead of milliseconds of RSA.
     early = evaluate(facts, policy, now, None, r)
+    if early.action >= Action.TEMPFAIL:
+        # Refused by a check before the rate check, which then never runs: final, with
+        # nothing to count or lock, so the sender's store is not even asked (its failure
+        # cannot turn a refusal into on_error).
+        tell_postfix(early, prepare(early, msg, config.keys, now), io)
+        notify(early, notifier, facts.queue_id, now)
+        return Outcome(early)
     early_prepared: Prepared | None = None
     early_failure: StepFailed | None = None
     try:
@@ -301,7 +310,8 @@ def carry_out(
         raise
     except Exception as exc:
         if verdict is None:
-            raise
+            # The sender's counts could not be read: the verdict so far is `early`'s.
+            raise StepFailed(early, "count", exc) from exc
         raise StepFailed(verdict, "commit", exc) from exc
     notify(verdict, notifier, facts.queue_id, now)
     return Outcome(verdict, prepared.signatures)
@@ -327,6 +337,8 @@ def failed_action(verdict: Verdict | None, step: str, on_error: Action) -> Actio
     if verdict is None:
         return on_error
     action = max(verdict.action, on_error)
-    if step == "postfix" and action in (Action.ACCEPT, Action.QUARANTINE):
-        return Action.TEMPFAIL  # half-edited: Postfix must discard it
+    if step in ("postfix", "commit") and action in (Action.ACCEPT, Action.QUARANTINE):
+        # Postfix holds part or all of the plan's edits and signatures: it must discard the
+        # message, never let it leave signed but uncounted.
+        return Action.TEMPFAIL
     return action

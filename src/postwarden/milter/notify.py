@@ -220,8 +220,14 @@ class NoticeGuard:
             return False
         if not 0 <= now - issued <= NOTICE_TTL_S:
             return False
-        expected = _mac(self.secret, message_id, issued, rcpts, from_)
-        if not hmac.compare_digest(expected, fields.get("mac", "")):
+        mac = fields.get("mac", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", mac):
+            return False  # compare_digest raises on non-ASCII text: a forged token is just "no"
+        try:
+            expected = _mac(self.secret, message_id, issued, rcpts, from_)
+        except UnicodeEncodeError:
+            return False  # a Message-ID, From or recipient with bytes that are not UTF-8
+        if not hmac.compare_digest(expected, mac):
             return False
         if not consume:
             return True

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from postwarden.config.models import Policy, UserPolicy, parse_rate
 from postwarden.policy.model import Facts
+from postwarden.textsafe import readable
 
 Cap = tuple[int, int, str]  # (count, window seconds, "N/unit")
 
@@ -96,6 +97,42 @@ def local_user(mail_from: str, policy: Policy) -> str:
     return ""
 
 
+def _example(pattern: str) -> str:
+    """An address a pattern grants: the pattern itself, or one inside its wildcard."""
+    if pattern == "<>":
+        return ""
+    local, _, domain = pattern.lower().rpartition("@")
+    if domain.startswith("*."):
+        return f"x@postwarden-example.{domain[2:]}"
+    return f"x@{domain}" if local == "*" else pattern.lower()
+
+
+def local_overlaps(policy: Policy) -> list[str]:
+    """[local] grants that overlap: an envelope sender two users' patterns both match names
+    the first of them (local_user), so the second could send as the first's identity, caps
+    and lock wherever Postfix lets it use that sender. check-config warns of each."""
+    out = []
+    users = list(policy.local.send_as.items())
+    for i, (first, first_patterns) in enumerate(users):
+        for later, later_patterns in users[i + 1 :]:
+            shared = [
+                p
+                for p in later_patterns
+                if any(pattern_matches(q, _example(p), "") for q in first_patterns)
+            ] + [
+                q
+                for q in first_patterns
+                if any(pattern_matches(p, _example(q), "") for p in later_patterns)
+            ]
+            if shared:
+                out.append(
+                    f'[local].send_as: "{later}" and "{first}" both match {shared[0]}: mail from'
+                    f" such a sender counts as local:{first} (listed first), so {later} could"
+                    " send as it; give each user patterns of its own"
+                )
+    return out
+
+
 def user_entry(policy: Policy, login: str) -> UserPolicy | None:
     """The [users] entry of a login, compared without regard to case."""
     login = login.lower()
@@ -140,14 +177,15 @@ def caps_for(identity: str, policy: Policy) -> Caps:
 def identity_of(facts: Facts, policy: Policy) -> tuple[str, str, str]:
     """(identity, login, local user) for a message's facts."""
     if facts.auth_login:
-        login = facts.auth_login.strip().lower()
+        # readable(): an identity is a key in the store, whatever bytes the login held.
+        login = readable(facts.auth_login.strip().lower())
         return f"sasl:{login}", login, ""
     if facts.local_submission:
         user = facts.local_user or local_user(facts.mail_from, policy)
         if user:
             return f"local:{user}", "", user
-        return f"local:{facts.mail_from.lower() or '<>'}", "", ""
-    return f"ip:{facts.client_addr}", "", ""
+        return f"local:{readable(facts.mail_from.lower()) or '<>'}", "", ""
+    return f"ip:{readable(facts.client_addr)}", "", ""
 
 
 def route(facts: Facts, policy: Policy) -> Route:

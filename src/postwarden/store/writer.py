@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ BATCH = 200  # rows per commit: short turns on the write lock the rate store sha
 PRUNE_EVERY_S = 3600.0
 PRUNE_CHUNK = 5000
 RESTART_PAUSE_S = 0.5
+BATCH_RETRY_S = (0.2, 1.0, 3.0)  # pauses before a batch the database refused whole is retried
 _STOP = object()
 
 
@@ -181,14 +183,24 @@ class Writer:
             db.conn.close()
 
     def _write(self, db: sqlite_utils.Database, batch: list[Op]) -> None:
-        try:
-            with self._write_lock, db.conn:
-                for op in batch:
-                    op(db)
-            self.written += len(batch)
-            return
-        except Exception as exc:  # noqa: BLE001  (one bad row must not cost the batch)
-            log.error("store: batch of %d failed (%s); writing one by one", len(batch), exc)
+        for pause in (*BATCH_RETRY_S, None):
+            try:
+                with self._write_lock, db.conn:
+                    for op in batch:
+                        op(db)
+                self.written += len(batch)
+                return
+            except sqlite3.OperationalError as exc:
+                # The database as a whole (locked past the busy timeout, disk full): the batch
+                # again after a pause, not 200 rows one by one each waiting out the timeout.
+                if pause is None:
+                    log.error("store: batch of %d failed (%s); writing one by one", len(batch), exc)
+                    break
+                log.error("store: batch of %d failed (%s); again in %.1f s", len(batch), exc, pause)
+                time.sleep(pause)
+            except Exception as exc:  # noqa: BLE001  (one bad row must not cost the batch)
+                log.error("store: batch of %d failed (%s); writing one by one", len(batch), exc)
+                break
         for op in batch:
             try:
                 with self._write_lock, db.conn:
