@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Sta
 from postwarden.feedback import suppression
 from postwarden.feedback.stats import rates
 from postwarden.tui.modals import ConfirmScreen
-from postwarden.tui.screens import SCREENS, BaseScreen
+from postwarden.tui.screens import SCREENS, BaseScreen, Col
 
 MODE = "feedback"
 LABEL = "Feedback"
@@ -76,6 +76,14 @@ class AddScreen(ModalScreen[tuple[str, str, str] | None]):
 
 
 class FeedbackScreen(BaseScreen):
+    COLUMNS: list[Col] = [
+        ("domain", 12, None),
+        ("7d complaints", 6, 13),
+        ("7d delivered", 6, 12),
+        ("7d rate", 6, 9),
+        ("30d rate", 6, 9),
+        ("suppressed", 6, 10),
+    ]
     MODE = MODE
     DEFAULT_CSS = """
     FeedbackScreen #table { height: 1fr; }
@@ -107,9 +115,6 @@ class FeedbackScreen(BaseScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#table", DataTable).add_columns(
-            "domain", "7d complaints", "7d delivered", "7d rate", "30d rate", "suppressed"
-        )
         self.query_one("#suppressed", DataTable).add_columns("address", "for", "since", "why")
         self.query_one("#table", DataTable).focus()
         self.load()

@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Label, Sparkline, Static
 
 from postwarden.reports.summary import GROUPS, summarise
-from postwarden.tui.screens import SCREENS, BaseScreen
+from postwarden.tui.screens import SCREENS, BaseScreen, Col
 
 MODE = "reports"
 LABEL = "Reports"
@@ -53,6 +53,15 @@ class NavBar(Static):
 
 
 class ReportsScreen(BaseScreen):
+    COLUMNS: list[Col] = [
+        ("domain", 12, 40),
+        ("reported", 8, 10),
+        ("DMARC", 5, 7),
+        ("SPF", 5, 7),
+        ("DKIM", 5, 7),
+        ("failing", 7, 9),
+        ("next step", 10, None),
+    ]
     MODE = MODE
     DEFAULT_CSS = """
     ReportsScreen #table { height: 1fr; }
@@ -99,8 +108,7 @@ class ReportsScreen(BaseScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        table = self.query_one("#table", DataTable)
-        table.add_columns("domain", "reported", "DMARC", "SPF", "DKIM", "failing", "next step")
+        table = self.query_one("#table", DataTable)  # its columns: COLUMNS, set by refill()
         self.query_one("#sources", DataTable).add_columns(
             "group", "source", "reverse name", "msgs", "SPF ok", "DKIM ok"
         )
