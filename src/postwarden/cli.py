@@ -839,7 +839,8 @@ def build_parser() -> argparse.ArgumentParser:
         'the milter keeps in the database. Needs [milter].releaser = "service" (the milter '
         "then starts no releaser of its own) and root: Postfix allows postsuper -H only to root. "
         "It keeps root only for the Postfix commands it runs and does the rest as [milter].user. "
-        'SIGHUP re-reads the policy; SIGTERM stops it. Exit 78: config error or "thread" mode; '
+        "It re-reads the policy on SIGHUP and whenever the milter reloads (postwarden reload); "
+        'SIGTERM stops it. Exit 78: config error or "thread" mode; '
         "77: not root.",
     )
     s.set_defaults(fn=cmd_releaser)

@@ -265,9 +265,27 @@ def test_paced_mail_released_at_the_pace_by_the_root_releaser_beside_an_unprivil
         assert took < 60
         assert not [q for q in sb.queue() if q.get("queue_name") == "hold"]
 
-        # SIGHUP re-reads the policy; SIGTERM stops it cleanly.
+        # SIGHUP re-reads the policy; so does the milter's reload (`postwarden reload`, which
+        # signals the milter alone: the releaser follows the policy the milter records).
         releaser.send_signal(1)
         assert sb.wait_for(lambda: "releaser: SIGHUP: policy" in rlog_path.read_text(), 10)
+        extra = stack.config.parent / "policies" / "20-extra.toml"
+        extra.write_text(extra.read_text().replace(f'pace = "{PACE}"', 'pace = "3/second"'))
+        res = subprocess.run(
+            [sb.python, "-m", "postwarden", "--config", str(stack.config), "reload"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        new_hash = res.stdout.split("policy ", 1)[1].split()[0]
+        assert sb.wait_for(
+            lambda: (
+                f"the milter reloaded (policy {new_hash}): policy {new_hash}"
+                in rlog_path.read_text()
+            ),
+            15,
+        ), rlog_path.read_text()[-2000:]
         releaser.terminate()
         assert releaser.wait(20) == 0
     finally:

@@ -11,8 +11,11 @@ and opens the database, as that user (so a -wal or -shm file SQLite makes is the
 never root's). Only the Postfix commands it runs (postsuper -H, postqueue -j and -i) take root
 back, each in its own child (releaser._run). The unit gives it CAP_SETUID and CAP_SETGID only.
 
-Signals: SIGTERM and SIGINT stop it after the round in hand; SIGHUP re-reads the policy (the
-pace and the warm-up schedules); a policy with errors is refused and the old one kept.
+Policy: it re-reads the policy files (the pace, the warm-up schedules) on SIGHUP, and whenever
+the milter has started or reloaded with a policy other than its own (the milter records its
+policy hash in the database; looked at every FOLLOW_S seconds), so `postwarden reload` reloads
+both. A policy with errors is refused and the old one kept. SIGTERM and SIGINT stop it after
+the round in hand.
 """
 
 from __future__ import annotations
@@ -21,18 +24,25 @@ import logging
 import os
 import pwd
 import signal
+import sqlite3
 import threading
+import time
 from pathlib import Path
+
+import sqlite_utils
 
 from postwarden import EX_CONFIG
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import Problem, load_daemon_config
 from postwarden.milter.daemon import setup_logging
 from postwarden.milter.releaser import Releaser, in_daemon
+from postwarden.store import daemon_state
+from postwarden.store.db import open_db
 
 log = logging.getLogger("postwarden")
 
 EX_NOPERM = 77
+FOLLOW_S = 2.0  # how often it looks whether the milter reloaded its policy
 
 
 def become(user: str) -> None:
@@ -41,6 +51,14 @@ def become(user: str) -> None:
     os.initgroups(user, pw.pw_gid)
     os.setegid(pw.pw_gid)
     os.seteuid(pw.pw_uid)
+
+
+def _milter_policy(state: sqlite_utils.Database) -> str:
+    try:
+        return daemon_state.latest_policy_hash(state)
+    except sqlite3.Error as exc:  # a database not migrated yet, or busy: look again later
+        log.warning("releaser: cannot read the milter's policy: %s", exc)
+        return ""
 
 
 def serve(path: Path) -> int:
@@ -94,12 +112,25 @@ def serve(path: Path) -> int:
         config.policy.hash,
     )
     releaser.start()
+    state = open_db(config.daemon.store.database, readonly=True)
+    followed = _milter_policy(state)
+    last_look = time.monotonic()
     while not stop.wait(0.2):
+        why = ""
         if reload.is_set():
             reload.clear()
+            why = "SIGHUP"
+        elif time.monotonic() - last_look > FOLLOW_S:
+            last_look = time.monotonic()
+            seen = _milter_policy(state)
+            if seen and seen != followed:
+                followed = seen
+                if seen != holder[0].policy.hash:
+                    why = f"the milter reloaded (policy {seen})"
+        if why:
             try:
                 holder[0] = load_config(path)
-                log.info("releaser: SIGHUP: policy %s", holder[0].policy.hash)
+                log.info("releaser: %s: policy %s", why, holder[0].policy.hash)
             except ConfigError as exc:
                 for p in exc.problems:
                     log.error("releaser: reload refused: %s", p)
