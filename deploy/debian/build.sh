@@ -38,6 +38,8 @@ install -d "$STAGE/usr/bin" "$STAGE/lib/systemd/system" "$STAGE/usr/lib/tmpfiles
   "$STAGE/etc/postwarden/policies" "$STAGE/usr/share/doc/postwarden"
 ln -s /opt/postwarden/bin/postwarden "$STAGE/usr/bin/postwarden"
 install -m 0644 deploy/postfix/postwarden.service "$STAGE/lib/systemd/system/postwarden.service"
+# streams.md: the root releaser beside the unprivileged milter ([milter].releaser = "service")
+install -m 0644 deploy/postfix/postwarden-releaser.service "$STAGE/lib/systemd/system/postwarden-releaser.service"
 install -m 0644 deploy/postfix/postwarden.tmpfiles.conf "$STAGE/usr/lib/tmpfiles.d/postwarden.conf"
 # metrics (issue 20): the daily dns-check that mails [rate].notify when a domain's DNS changes
 install -m 0644 deploy/postfix/postwarden-dns-check.service deploy/postfix/postwarden-dns-check.timer \
@@ -59,7 +61,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: postwarden maintainers <root@localhost>
 Installed-Size: $SIZE
-Depends: python3 (>= $PYVER), python3 (<< $NEXT), libmilter1.0.1, postfix (>= 3.6), adduser
+Depends: python3 (>= $PYVER), python3 (<< $NEXT), libmilter1.0.1, postfix (>= 3.6), adduser, init-system-helpers
 Section: mail
 Priority: optional
 Description: outbound-mail guard for Postfix (milter)

@@ -40,6 +40,13 @@ def cmd_milter(args: argparse.Namespace) -> int:
     return run(config_path(args.config))
 
 
+# ---- releaser (streams.md: paced and warm-up holds released by a root process of its own) ----
+def cmd_releaser(args: argparse.Namespace) -> int:
+    from postwarden.milter.release_service import serve
+
+    return serve(config_path(args.config))
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = config_path(args.config)
     try:
@@ -827,6 +834,20 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGUSR1 reloads the policy; SIGTERM finishes the messages in hand and exits.",
     )
     s.set_defaults(fn=cmd_milter)
+
+    s = sub.add_parser(
+        "releaser",
+        help="release paced and warm-up holds (as root, beside an unprivileged milter)",
+        description="Run the releaser in the foreground (postwarden-releaser.service): lets "
+        "paced and warm-up holds leave at the pace and the day's allowance, over the schedule "
+        'the milter keeps in the database. Needs [milter].releaser = "service" (the milter '
+        "then starts no releaser of its own) and root: Postfix allows postsuper -H only to root. "
+        "It keeps root only for the Postfix commands it runs and does the rest as [milter].user. "
+        "It re-reads the policy on SIGHUP and whenever the milter reloads (postwarden reload); "
+        'SIGTERM stops it. Exit 78: config error or "thread" mode; '
+        "77: not root.",
+    )
+    s.set_defaults(fn=cmd_releaser)
 
     s = sub.add_parser(
         "reload",

@@ -44,6 +44,13 @@ WATCHED = (
     "/lib/systemd/system/postwarden.service",
     "/usr/lib/tmpfiles.d/postwarden.conf",
     "/usr/share/doc/postwarden",
+    # the releaser's unit (streams.md), enabled by postinst, gone after purge
+    "/lib/systemd/system/postwarden-releaser.service",
+    "/etc/systemd/system/multi-user.target.wants/postwarden-releaser.service",
+    "/etc/systemd/system/postwarden-releaser.service",
+    "/var/lib/systemd/deb-systemd-helper-enabled/postwarden-releaser.service.dsh-also",
+    "/var/lib/systemd/deb-systemd-helper-enabled/multi-user.target.wants/postwarden-releaser.service",
+    "/var/lib/systemd/deb-systemd-helper-masked/postwarden-releaser.service",
 )
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from postwarden.config.keys import load_key
+from postwarden.config.loader import load_daemon_config
 from postwarden.store import open_db, queries
 from tests.deploy.mailstack import (
     PW,
@@ -81,6 +82,16 @@ def test_the_package_makes_what_readme_promises(package: dict[str, object]) -> N
     unit = Path("/lib/systemd/system/postwarden.service").read_text()
     doc = re.search(r"^Documentation=file:(\S+)$", unit, re.M)
     assert doc and Path(doc.group(1)).is_file()
+    # The releaser's unit (streams.md): installed, enabled, verified; the config it reads
+    # tells the milter not to release itself.
+    releaser = "/lib/systemd/system/postwarden-releaser.service"
+    res = run(["systemd-analyze", "verify", releaser])
+    assert res.stdout.strip() == res.stderr.strip() == ""
+    wants = Path("/etc/systemd/system/multi-user.target.wants/postwarden-releaser.service")
+    assert wants.is_symlink() and os.readlink(wants) == releaser
+    assert load_daemon_config(Path("/etc/postwarden/postwarden.toml"), []).milter.releaser == (  # type: ignore[union-attr]
+        "service"
+    )
 
 
 def test_keygen_as_root_gives_the_key_to_the_service_user(package: dict[str, object]) -> None:

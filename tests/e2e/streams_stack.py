@@ -8,7 +8,7 @@ import os
 import pwd
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import Message
@@ -93,8 +93,12 @@ WIDE_CAPS = {
 
 
 def streams_stack(
-    name: str, extra_policy: str = "", demo_edits: dict[str, str] | None = None
+    name: str,
+    extra_policy: str = "",
+    demo_edits: dict[str, str] | None = None,
+    start: Callable[[Stack], None] | None = None,
 ) -> Iterator[tuple[Stack, BulkSink]]:
+    """start: how to start the stack (default Stack.start: the milter as root)."""
     for s in module_stack(name, STREAMS_POLICY + extra_policy):
         policies = s.config.parent / "policies"
         demo = policies / "10-demo.toml"
@@ -114,7 +118,7 @@ def streams_stack(
         pw = pwd.getpwnam("postfix")
         os.chown(bulk.dir, pw.pw_uid, pw.pw_gid)
         configure_streams(s, bulk.port)
-        s.start()
+        (start or Stack.start)(s)
         bulk.proc = smtp_sink(bulk.dir, bulk.port)
         s.sandbox._wait_port(bulk.port, "bulk smtp-sink")
         try:

@@ -165,6 +165,10 @@ class MilterSection(Strict):
     pidfile: str = "/run/postwarden/postwarden.pid"
     # Added to the spec (deploy): the service user, owner of what root's commands create.
     user: str = Field(default="postwarden", pattern=r"^[a-z_][a-z0-9_-]*[$]?$")
+    # Added to the spec (streams.md's releaser): "thread", the daemon releases paced and warm-up
+    # holds itself (it must run as root or Postfix's mail_owner: postsuper -H); "service", it
+    # does not, `postwarden releaser` does (the .deb's postwarden-releaser.service, as root).
+    releaser: Literal["thread", "service"] = "thread"
 
 
 class LogSection(Strict):

@@ -34,7 +34,7 @@ from postwarden.feedback.ingest import NoticeFlusher
 from postwarden.metrics import Collector, Endpoint, Watch, serve
 from postwarden.milter import adapter
 from postwarden.milter.notify import Notifier
-from postwarden.milter.releaser import Releaser
+from postwarden.milter.releaser import Releaser, in_daemon
 from postwarden.milter.runtime import Runtime
 from postwarden.store import daemon_state
 from postwarden.store.db import open_db
@@ -269,7 +269,10 @@ class Daemon:
         )
         serving.start()
         self._start_metrics()
-        self.releaser.start()
+        if in_daemon(cfg):  # else `postwarden releaser` does it ([milter].releaser)
+            self.releaser.start()
+        else:
+            log.info('releaser: not started here: [milter].releaser = "service"')
         self.flusher.start()
         for sig in handled:
             signal.signal(sig, self._on_signal)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from postwarden.config import Config
+from postwarden.config.models import DaemonConfig
 from postwarden.milter.clock import schedule_today
 from postwarden.policy.streams import PaceState, Waiting, choose, pace_of, spacing
 from postwarden.store import pacing
@@ -71,9 +72,18 @@ class ReleaseError(RuntimeError):
 
 
 def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    # `postwarden releaser` runs as the service user with root kept only as its real and saved
+    # user id (serve() below): each Postfix command it runs takes root back in the child alone.
+    as_root = 0 if os.getuid() == 0 and os.geteuid() != 0 else None
     try:
         return subprocess.run(
-            cmd, input=stdin, capture_output=True, text=True, timeout=120, check=False
+            cmd,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            user=as_root,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ReleaseError(f"{cmd[0]}: {exc}") from None
@@ -247,3 +257,12 @@ class Releaser:
             self._release(config_dir, held)
         with pacing.transaction(self.conn):
             pacing.forget(self.conn, queue_ids)
+
+
+# ---- where it runs: a thread of the daemon, or `postwarden releaser` ---------------------------
+
+
+def in_daemon(daemon: DaemonConfig) -> bool:
+    """[milter].releaser: "thread" (the daemon starts the releaser) or "service" (it does not:
+    `postwarden releaser`, the .deb's postwarden-releaser.service, does)."""
+    return daemon.milter.releaser == "thread"

@@ -39,6 +39,15 @@ def reload_status(db: sqlite_utils.Database, pid: int) -> tuple[int, int, str] |
     return (int(row[0]), int(row[1]), str(row[2])) if row else None
 
 
+def latest_policy_hash(db: sqlite_utils.Database) -> str:
+    """The policy the daemon last started or reloaded with ("" before any): what
+    `postwarden releaser` follows, so that `postwarden reload` reloads it too."""
+    row = db.execute(
+        "SELECT policy_hash FROM daemon ORDER BY COALESCE(reload_at, started_at) DESC LIMIT 1"
+    ).fetchone()
+    return str(row[0] or "") if row else ""
+
+
 @dataclass(frozen=True)
 class WriterHealth:
     pid: int
