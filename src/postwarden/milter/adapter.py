@@ -170,8 +170,14 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             return None
         try:
             found = lookup.at_rcpt(address, domain)
-        except Exception as exc:  # noqa: BLE001  (a failed look-up: this recipient, later)
+        except Exception as exc:  # noqa: BLE001  (the database, or [store].shared's Redis, down)
+            # Failed closed as any failure: the message gets [milter].on_error at
+            # end-of-message. With tempfail (the default) this recipient gets the 4xx at once,
+            # so no DATA is sent for nothing; never a silent pass.
             log.error("suppression look-up for <%s> failed: %s", address, exc)
+            self._fail("envrcpt", exc)
+            if self.snapshot.daemon.milter.on_error != "tempfail":
+                return None
             with contextlib.suppress(Milter.error):
                 self.setreply(
                     "451", "4.3.0", "postwarden could not check this recipient; try again later"
