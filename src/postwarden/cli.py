@@ -667,18 +667,21 @@ def _feedback_ingest(args: argparse.Namespace) -> int:
                 f"postwarden feedback ingest: {name}: {exc.strerror}; retry later", file=sys.stderr
             )
             retry = True
-    from postwarden.store.shared import SharedConfigError, open_shared
-
     try:
         db = _db(cfg)
         send = notice_sender(db, cfg)
-        shared = open_shared(cfg.daemon.store)  # [store].shared: the suppressions in Redis
     except sqlite3.Error as exc:
         print(f"postwarden feedback ingest: the database: {exc}; retry later", file=sys.stderr)
         return EX_TEMPFAIL
-    except SharedConfigError as exc:
-        print(f"postwarden feedback ingest: {exc}; retry later", file=sys.stderr)
-        return EX_TEMPFAIL
+    shared = None
+    if cfg.daemon.store.shared:  # [store].shared: the suppressions in Redis (imported only then)
+        from postwarden.store.shared import SharedConfigError, open_shared
+
+        try:
+            shared = open_shared(cfg.daemon.store)
+        except SharedConfigError as exc:
+            print(f"postwarden feedback ingest: {exc}; retry later", file=sys.stderr)
+            return EX_TEMPFAIL
     for source, data in inputs:
         try:
             outcome = ingest(db, cfg, data, source=source, send=send, shared=shared)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 
@@ -23,7 +24,9 @@ from postwarden.policy.address import header_from
 from postwarden.store import feedback as store
 from postwarden.store.db import open_db
 from postwarden.store.feedback import COMPLAINT_TYPES
-from postwarden.store.shared import RedisRateStore
+
+if TYPE_CHECKING:  # redis is imported only with [store].shared
+    from postwarden.store.shared import RedisRateStore
 
 log = logging.getLogger("postwarden")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
@@ -14,7 +14,9 @@ from postwarden.config import Config
 from postwarden.feedback import suppression
 from postwarden.policy.address import header_from
 from postwarden.store import feedback as store
-from postwarden.store.shared import RedisRateStore
+
+if TYPE_CHECKING:  # redis is imported only with [store].shared
+    from postwarden.store.shared import RedisRateStore
 
 WINDOWS = (7, 30)
 

@@ -6,7 +6,7 @@ shares; without it, this database's."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
@@ -14,7 +14,9 @@ from postwarden import audit
 from postwarden.config import Config
 from postwarden.config.models import is_domain
 from postwarden.store import feedback as store
-from postwarden.store.shared import RedisRateStore, open_shared
+
+if TYPE_CHECKING:  # redis is imported only with [store].shared (feedback ingest runs without)
+    from postwarden.store.shared import RedisRateStore
 
 
 class BadEntry(ValueError):
@@ -44,7 +46,9 @@ def for_config(
 ) -> store.SuppressionList:
     """The list `config` names: `shared` if given, else the Redis [store].shared names (opened
     here), else this database's. So no caller writes SQLite while the servers share Redis."""
-    if shared is None:
+    if shared is None and config.daemon.store.shared:
+        from postwarden.store.shared import open_shared
+
         shared = open_shared(config.daemon.store)
     return suppression_list(db, shared)
 
