@@ -171,18 +171,12 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         try:
             found = lookup.at_rcpt(address, domain)
         except Exception as exc:  # noqa: BLE001  (the database, or [store].shared's Redis, down)
-            # Failed closed as any failure: the message gets [milter].on_error at
-            # end-of-message. With tempfail (the default) this recipient gets the 4xx at once,
-            # so no DATA is sent for nothing; never a silent pass.
+            # Failed closed as any failure: remembered, so end-of-message gives the whole
+            # message [milter].on_error (tempfail by default) and records it as a decision;
+            # never a silent pass.
             log.error("suppression look-up for <%s> failed: %s", address, exc)
             self._fail("envrcpt", exc)
-            if self.snapshot.daemon.milter.on_error != "tempfail":
-                return None
-            with contextlib.suppress(Milter.error):
-                self.setreply(
-                    "451", "4.3.0", "postwarden could not check this recipient; try again later"
-                )
-            return TEMPFAIL
+            return None
         if found is None:
             return None
         log.info("rcpt <%s> refused: suppressed for %s", address, found.domain or "every domain")
@@ -319,11 +313,16 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
 
     def _suppressed(self) -> tuple[Suppression, ...]:
         """Every active suppression of this message's recipients (feedback.md): the check
-        keeps those for the header From domain. A failed look-up fails the message (eom)."""
+        keeps those for the header From domain. A failed look-up fails the message (eom):
+        remembered as the failure, so the message's other facts are still recorded with it."""
         lookup = self.runtime.suppressions
         if lookup is None or not self.outbound or not self.rcpts:
             return ()
-        return tuple(lookup.for_rcpts(self.rcpts))
+        try:
+            return tuple(lookup.for_rcpts(self.rcpts))
+        except Exception as exc:  # noqa: BLE001  (the database, or [store].shared's Redis, down)
+            self._fail("suppression look-up", exc)  # eom raises it before any decision
+            return ()
 
     def _error_verdict(
         self,
