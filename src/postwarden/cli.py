@@ -307,6 +307,14 @@ def cmd_db_move_to_shared(args: argparse.Namespace) -> int:
             f"lock(s) to {cfg.daemon.store.shared}"
             + (f"; {moved.locks_already} lock(s) were there already" if moved.locks_already else "")
         )
+        print(
+            f"moved {moved.suppressions} suppression(s)"
+            + (
+                f"; {moved.suppressions_already} were there already"
+                if moved.suppressions_already
+                else ""
+            )
+        )
     return EX_OK
 
 
@@ -676,9 +684,18 @@ def _feedback_ingest(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         print(f"postwarden feedback ingest: the database: {exc}; retry later", file=sys.stderr)
         return EX_TEMPFAIL
+    shared = None
+    if cfg.daemon.store.shared:  # [store].shared: the suppressions in Redis (imported only then)
+        from postwarden.store.shared import SharedConfigError, open_shared
+
+        try:
+            shared = open_shared(cfg.daemon.store)
+        except SharedConfigError as exc:
+            print(f"postwarden feedback ingest: {exc}; retry later", file=sys.stderr)
+            return EX_TEMPFAIL
     for source, data in inputs:
         try:
-            outcome = ingest(db, cfg, data, source=source, send=send)
+            outcome = ingest(db, cfg, data, source=source, send=send, shared=shared)
         except sqlite3.Error as exc:
             print(
                 f"postwarden feedback ingest: {source}: the database: {exc}; retry later",
@@ -708,7 +725,8 @@ def _feedback_stats(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
         db = _db(cfg)
-        rows = rates(db, cfg, now, args.domain)
+        with _shared(cfg) as shared:
+            rows = rates(db, cfg, now, args.domain, shared)
         alerted = alerts(db, cfg, rows, now, notice_sender(db, cfg)) if not args.no_alert else []
     except sqlite3.Error as exc:
         print(f"postwarden feedback stats: the database: {exc}", file=sys.stderr)
@@ -734,13 +752,18 @@ def _feedback_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_suppression(args: argparse.Namespace) -> int:
-    from postwarden.feedback import suppression
-
     cfg = _load(args)
     db = _db(cfg)
+    with _shared(cfg) as shared:  # [store].shared: the list every server shares, in Redis
+        return _suppression(args, db, shared)
+
+
+def _suppression(args: argparse.Namespace, db: Any, shared: Any) -> int:
+    from postwarden.feedback import suppression
+
     try:
         if args.s_command == "list":
-            rows = suppression.entries(db, args.domain)
+            rows = suppression.entries(db, args.domain, shared)
             if args.json:
                 print(json.dumps(rows, indent=2, sort_keys=True))
                 return EX_OK
@@ -755,7 +778,7 @@ def cmd_suppression(args: argparse.Namespace) -> int:
                 )
             return EX_OK
         if args.s_command == "add":
-            if suppression.add(db, args.address, args.domain, args.note or ""):
+            if suppression.add(db, args.address, args.domain, args.note or "", shared):
                 print(f"suppressed {args.address} for {args.domain or 'every domain'}")
                 return EX_OK
             print(
@@ -763,7 +786,7 @@ def cmd_suppression(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EX_FOUND
-        n = suppression.remove(db, args.address, args.domain, args.note or "")
+        n = suppression.remove(db, args.address, args.domain, args.note or "", shared)
         if n:
             print(f"removed {n} suppression(s) of {args.address}")
             return EX_OK
@@ -881,8 +904,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_db_migrate)
     m = dbsub.add_parser(
         "move-to-shared",
-        help="copy this server's counts and locks into the shared store ([store].shared)",
-        description="Copy the database's rate counts (the last two days) and locks into the "
+        help="copy this server's counts, locks and suppressions into the shared store "
+        "([store].shared)",
+        description="Copy the database's rate counts (the last two days), locks and active "
+        "suppressions into the "
         "Redis [store].shared names, once per database: run it on each server when switching, "
         "before restarting the daemon with [store].shared set. The database keeps its rows.",
     )
@@ -1118,7 +1143,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recipients mail is not sent to: from complaints (feedback ingest) or "
         "added by hand. Over SMTP a suppressed recipient is refused at RCPT with why and since "
         "when; sendmail(1) mail has it removed and the sender told. Every add and remove is "
-        "audited.",
+        "audited (locally). With [store].shared the list is the one in Redis every server "
+        "shares.",
     )
     s.set_defaults(fn=cmd_suppression)
     ssub = s.add_subparsers(dest="s_command", required=True, metavar="ACTION", parser_class=_Parser)

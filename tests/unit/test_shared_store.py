@@ -269,7 +269,14 @@ def test_move_to_shared_copies_counts_and_locks_once(store: RedisRateStore, tmp_
         tx.lock("messages 1/minute", "QB")
     conn = open_db(db).conn
     moved = move_to_shared(conn, store, "host:/p.db", now.timestamp())
-    assert moved.as_dict() == {"identities": 2, "events": 4, "locks": 1, "locks_already": 0}
+    assert moved.as_dict() == {
+        "identities": 2,
+        "events": 4,
+        "locks": 1,
+        "locks_already": 0,
+        "suppressions": 0,
+        "suppressions_already": 0,
+    }
     assert store.state("sasl:a", [60], now).in_window(60) == (3, 6)
     lock = store.state("sasl:b", [60], now).lock
     assert lock is not None and lock.queue_id == "QB"
@@ -339,6 +346,8 @@ def test_the_commands_against_the_shared_store(
         "events": 1,
         "locks": 1,
         "locks_already": 0,
+        "suppressions": 0,
+        "suppressions_already": 0,
     }
     assert main(["--config", str(cfg), "db", "move-to-shared"]) == 1
     assert "moved to the shared store already" in capsys.readouterr().err

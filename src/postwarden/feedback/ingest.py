@@ -14,15 +14,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 
 from postwarden.config import Config
-from postwarden.feedback import arf
+from postwarden.feedback import arf, suppression
 from postwarden.policy.address import header_from
 from postwarden.store import feedback as store
 from postwarden.store.db import open_db
 from postwarden.store.feedback import COMPLAINT_TYPES
+
+if TYPE_CHECKING:  # redis is imported only with [store].shared
+    from postwarden.store.shared import RedisRateStore
 
 log = logging.getLogger("postwarden")
 
@@ -81,9 +85,11 @@ def ingest(
     source: str = "stdin",
     now: datetime | None = None,
     send: SendNotice | None = None,
+    shared: RedisRateStore | None = None,
 ) -> Outcome:
     """Store one report. sqlite3 errors (a locked database) propagate: the caller says "retry
-    later"; nothing in the report's content raises."""
+    later"; nothing in the report's content raises. The suppression goes to the list in force
+    (`shared`, or the one [store].shared names: Redis unreachable raises SharedUnavailable)."""
     now = now or datetime.now(UTC)
     rep = arf.parse(data)
     normalised = arf.normalise(data[: arf.MAX_INPUT])
@@ -166,25 +172,35 @@ def ingest(
     if suppresses:
         scope_domain = "" if policy.feedback.scope == "server" else from_domain
         why = f"{rep.feedback_type} report from {rep.reporter or 'a provider'}"
-        done = store.suppress(
-            db, rep.recipient, scope_domain, now.isoformat(), "feedback", why, report=rid
+        details = {
+            "feedback_type": rep.feedback_type,
+            "reporter": rep.reporter,
+            "message_id": rep.message_id,
+        }
+        done = suppression.for_config(db, config, shared).suppress(
+            rep.recipient, scope_domain, now.isoformat(), "feedback", why, "", rid, details
         )
     if send is not None:
         flush_notices(db, config, now, send)  # this complaint's notice, and any now due
         if suppresses:
-            _alert(db, config, now, from_domain, send)
+            _alert(db, config, now, from_domain, send, shared)
     return Outcome("stored", rid, rep.feedback_type, rep.recipient, from_domain, done, reason)
 
 
 def _alert(
-    db: sqlite_utils.Database, config: Config, now: datetime, domain: str, send: SendNotice
+    db: sqlite_utils.Database,
+    config: Config,
+    now: datetime,
+    domain: str,
+    send: SendNotice,
+    shared: RedisRateStore | None = None,
 ) -> None:
     """A complaint that lifts its domain above [feedback].alert_rate alerts [rate].notify (at
     most once a day, as `feedback stats` does)."""
     from postwarden.feedback.stats import alerts, rates
 
     try:
-        alerts(db, config, rates(db, config, now, domain), now, send)
+        alerts(db, config, rates(db, config, now, domain, shared), now, send)
     except Exception as exc:  # noqa: BLE001  (an alert not sent is tried again next time)
         log.error("complaint-rate alert for %s not sent: %s", domain, exc)
 

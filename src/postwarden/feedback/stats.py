@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from postwarden.config import Config
+from postwarden.feedback import suppression
 from postwarden.policy.address import header_from
 from postwarden.store import feedback as store
+
+if TYPE_CHECKING:  # redis is imported only with [store].shared
+    from postwarden.store.shared import RedisRateStore
 
 WINDOWS = (7, 30)
 
@@ -22,8 +26,10 @@ def rates(
     config: Config,
     now: datetime | None = None,
     domain: str | None = None,
+    shared: RedisRateStore | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per From domain with complaints or delivered mail (hosted domains always)."""
+    """One row per From domain with complaints or delivered mail (hosted domains always); its
+    suppressed count from the list in force ([store].shared: Redis)."""
     now = now or datetime.now(UTC)
     alert_rate = config.policy.feedback.alert_rate
     per: dict[str, dict[str, Any]] = {}
@@ -46,7 +52,7 @@ def rates(
             if d:
                 row(d)[f"{days}d"]["delivered"] += n
     suppressed: dict[str, int] = {}
-    for s in store.suppressions(db):
+    for s in suppression.for_config(db, config, shared).entries():
         suppressed[s["domain"]] = suppressed.get(s["domain"], 0) + 1
     out = []
     for d, r in sorted(per.items()):

@@ -174,13 +174,13 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             return None
         try:
             found = lookup.at_rcpt(address, domain)
-        except Exception as exc:  # noqa: BLE001  (a failed look-up: this recipient, later)
+        except Exception as exc:  # noqa: BLE001  (the database, or [store].shared's Redis, down)
+            # Failed closed as any failure: remembered, so end-of-message gives the whole
+            # message [milter].on_error (tempfail by default) and records it as a decision;
+            # never a silent pass.
             log.error("suppression look-up for <%s> failed: %s", address, exc)
-            with contextlib.suppress(Milter.error):
-                self.setreply(
-                    "451", "4.3.0", "postwarden could not check this recipient; try again later"
-                )
-            return TEMPFAIL
+            self._fail("envrcpt", exc)
+            return None
         if found is None:
             return None
         log.info("rcpt <%s> refused: suppressed for %s", address, found.domain or "every domain")
@@ -337,11 +337,16 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
 
     def _suppressed(self) -> tuple[Suppression, ...]:
         """Every active suppression of this message's recipients (feedback.md): the check
-        keeps those for the header From domain. A failed look-up fails the message (eom)."""
+        keeps those for the header From domain. A failed look-up fails the message (eom):
+        remembered as the failure, so the message's other facts are still recorded with it."""
         lookup = self.runtime.suppressions
         if lookup is None or not self.outbound or not self.rcpts:
             return ()
-        return tuple(lookup.for_rcpts(self.rcpts))
+        try:
+            return tuple(lookup.for_rcpts(self.rcpts))
+        except Exception as exc:  # noqa: BLE001  (the database, or [store].shared's Redis, down)
+            self._fail("suppression look-up", exc)  # eom raises it before any decision
+            return ()
 
     def _error_verdict(
         self,

@@ -127,7 +127,10 @@ class Daemon:
                 secret,
             ),
             notice_secret=secret,
-            suppressions=SuppressionLookup(config.daemon.store.database),
+            # [store].shared: the suppression list every server shares, in Redis.
+            suppressions=shared.suppressions
+            if shared is not None
+            else SuppressionLookup(config.daemon.store.database),
             used_tokens=used_tokens,
         )
         # Complaint notices gathered over [feedback].notice_interval (feedback.md).

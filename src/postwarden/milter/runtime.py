@@ -16,7 +16,7 @@ from postwarden.metrics import Metrics
 from postwarden.milter.notify import NOTICE_HEADER, NoticeGuard, Notifier, UsedTokens
 from postwarden.policy.model import Facts, Verdict
 from postwarden.signing import Signature
-from postwarden.store.feedback import SuppressionLookup
+from postwarden.store.feedback import RcptLookup
 from postwarden.store.shared import RateBackend
 from postwarden.store.text import readable
 from postwarden.store.writer import Writer
@@ -33,7 +33,8 @@ class Runtime:
     notifier: Notifier
     notice_secret: str = ""
     # Suppressed recipients (feedback.md), looked up at RCPT and end-of-message; None: none.
-    suppressions: SuppressionLookup | None = None
+    # store.feedback.SuppressionLookup, or [store].shared's RedisSuppressions (every server's).
+    suppressions: RcptLookup | None = None
     used_tokens: UsedTokens | None = None  # [store].shared: the notices used on every server
     in_flight: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlite_utils
 
@@ -123,6 +123,10 @@ def unsuppress(
 
 def suppressions(db: sqlite_utils.Database, domain: str | None = None) -> list[dict[str, Any]]:
     """Active suppressions, newest first (`domain` also shows the server-wide ones)."""
+    return active_rows(db.conn, domain)
+
+
+def active_rows(conn: sqlite3.Connection, domain: str | None = None) -> list[dict[str, Any]]:
     sql = (
         "SELECT s.id, s.address, s.domain, s.created_at, s.source, s.reason, s.note, s.report,"
         " r.feedback_type, r.reporter, r.message_id FROM suppressions s"
@@ -132,7 +136,7 @@ def suppressions(db: sqlite_utils.Database, domain: str | None = None) -> list[d
     if domain is not None:
         sql += " AND s.domain IN (?, '')"
         args.append(domain.lower())
-    cur = db.conn.execute(sql + " ORDER BY s.created_at DESC, s.id DESC", args)
+    cur = conn.execute(sql + " ORDER BY s.created_at DESC, s.id DESC", args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
@@ -173,6 +177,76 @@ class SuppressionLookup:
 
     def for_rcpts(self, addresses: list[str]) -> list[Suppression]:
         return active_for(self._conn(), addresses)
+
+
+# ---- where the list lives: this database, or the shared store ([store].shared) --------------
+
+
+class RcptLookup(Protocol):
+    """What the milter asks at RCPT and end-of-message: SuppressionLookup (this database) or
+    store.shared.RedisSuppressions (every server's list, [store].shared)."""
+
+    def at_rcpt(self, address: str, domain: str) -> Suppression | None: ...
+    def for_rcpts(self, addresses: list[str]) -> list[Suppression]: ...
+
+
+class SuppressionList(RcptLookup, Protocol):
+    """The suppression list as `postwarden suppression`, `feedback ingest` and the TUI use it."""
+
+    def suppress(
+        self,
+        address: str,
+        domain: str,
+        created_at: str,
+        source: str,
+        reason: str,
+        note: str = "",
+        report: int | None = None,
+        details: dict[str, str] | None = None,
+    ) -> bool: ...
+
+    def unsuppress(
+        self, address: str, domain: str | None, removed_at: str, note: str = ""
+    ) -> int: ...
+
+    def entries(self, domain: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class LocalSuppressions:
+    """SuppressionList over this server's database (no [store].shared): removed entries stay
+    as history (removed_at). `details` (the report's type, reporter, Message-ID) come from
+    the joined report here, so they are not stored twice."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def suppress(
+        self,
+        address: str,
+        domain: str,
+        created_at: str,
+        source: str,
+        reason: str,
+        note: str = "",
+        report: int | None = None,
+        details: dict[str, str] | None = None,
+    ) -> bool:
+        return suppress(self.db, address, domain, created_at, source, reason, note, report)
+
+    def unsuppress(self, address: str, domain: str | None, removed_at: str, note: str = "") -> int:
+        return unsuppress(self.db, address, domain, removed_at, note)
+
+    def entries(self, domain: str | None = None) -> list[dict[str, Any]]:
+        return suppressions(self.db, domain)
+
+    def at_rcpt(self, address: str, domain: str) -> Suppression | None:
+        for s in active_for(self.db.conn, [address]):
+            if s.domain in ("", domain.lower()):
+                return s
+        return None
+
+    def for_rcpts(self, addresses: list[str]) -> list[Suppression]:
+        return active_for(self.db.conn, addresses)
 
 
 # ---- complaint notices ------------------------------------------------------------------------

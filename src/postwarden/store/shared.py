@@ -23,7 +23,12 @@ Keys, under the prefix "postwarden:":
   rate:locks               set of the locked identities
   notice:<sha256 of the Message-ID>   a used notice token (EX NOTICE_TTL_S)
   notice-secret            the notice key every server shares
-  set:<name>               hash: a shared set (member -> value), for example suppressions
+  set:<name>               hash: a shared set (member -> value)
+  suppressed               hash: the suppression list, one field per recipient address
+                           (lower-cased) whose value is a JSON object: domain scope ("" =
+                           every domain) -> {created_at, source, reason, note, report,
+                           feedback_type, reporter, message_id, server}. The look-up at RCPT is
+                           one HGET, end-of-message one HMGET for all recipients.
 
 When Redis cannot be reached every call raises `SharedUnavailable` (a redis.RedisError): the
 milter's transaction fails before a verdict and the message gets [milter].on_error. The client
@@ -33,9 +38,11 @@ keeps a pool and reconnects by itself on the next call; socket timeouts are shor
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -51,8 +58,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from postwarden.policy.model import Lock, RateState
-from postwarden.store import records
+from postwarden.policy.model import Lock, RateState, Suppression
+from postwarden.store import feedback, records
 from postwarden.store.db import open_db
 from postwarden.store.rates import RateStore
 
@@ -271,6 +278,8 @@ class RedisRateStore:
         self._audit_lock = threading.Lock()
         self._audit: Any = None
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
+        # The suppression list every server shares (feedback.md, issue 19).
+        self.suppressions = RedisSuppressions(client)
 
     @classmethod
     def open(
@@ -476,6 +485,161 @@ class SharedSet:
         return {str(k): str(v) for k, v in self.client.hgetall(self.key).items()}
 
 
+# ---- the suppression list every server shares (feedback.md) --------------------------------
+
+SUPPRESSED = f"{PREFIX}suppressed"
+
+# KEYS: the list. ARGV: address, domain, the entry (JSON). 1 when added, 0 when that address is
+# suppressed for that domain already. One atomic step: two servers adding at once keep both.
+_SUPPRESS = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local t = {}
+if cur then t = cjson.decode(cur) end
+if t[ARGV[2]] ~= nil then return 0 end
+t[ARGV[2]] = cjson.decode(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(t))
+return 1
+"""
+
+# KEYS: the list. ARGV: address, "1" to end every entry of it (else "0"), domain. Returns how
+# many ended.
+_UNSUPPRESS = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local t = cjson.decode(cur)
+local n = 0
+if ARGV[2] == '1' then
+  for _ in pairs(t) do n = n + 1 end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return n
+end
+if t[ARGV[3]] == nil then return 0 end
+t[ARGV[3]] = nil
+if next(t) == nil then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(t))
+end
+return 1
+"""
+
+
+def _scopes(address: str, raw: Any) -> dict[str, dict[str, Any]]:
+    """One address's entries, read from Redis: a value that is not what this module writes
+    raises ValueError (the milter then fails the message: never a silent pass)."""
+    try:
+        value = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"suppression of {address!r} in the shared store is not JSON") from exc
+    if not isinstance(value, dict) or not all(isinstance(e, dict) for e in value.values()):
+        raise ValueError(f"suppression of {address!r} in the shared store is malformed")
+    return {str(d): e for d, e in value.items()}
+
+
+class RedisSuppressions:
+    """store.feedback.SuppressionList in Redis: every server naming the same Redis reads and
+    writes one list. Removing an entry deletes it (the audit row, on the server that removed
+    it, is its history). Redis unreachable: every call raises SharedUnavailable."""
+
+    def __init__(self, client: redis.Redis, server: str = "") -> None:
+        self.client = client
+        self.server = server or socket.getfqdn()
+        self._suppress = client.register_script(_SUPPRESS)
+        self._unsuppress = client.register_script(_UNSUPPRESS)
+
+    def suppress(
+        self,
+        address: str,
+        domain: str,
+        created_at: str,
+        source: str,
+        reason: str,
+        note: str = "",
+        report: int | None = None,
+        details: dict[str, str] | None = None,
+    ) -> bool:
+        d = details or {}
+        entry = {
+            "created_at": created_at,
+            "source": source,
+            "reason": reason,
+            "note": note,
+            # The report's id in the database of the server that stored it.
+            "report": report,
+            "feedback_type": d.get("feedback_type"),
+            "reporter": d.get("reporter"),
+            "message_id": d.get("message_id"),
+            "server": d.get("server") or self.server,
+        }
+        args = [address.lower(), domain.lower(), json.dumps(entry, sort_keys=True)]
+        return int(self._suppress(keys=[SUPPRESSED], args=args)) == 1
+
+    def unsuppress(self, address: str, domain: str | None, removed_at: str, note: str = "") -> int:
+        args = [address.lower(), "1" if domain is None else "0", (domain or "").lower()]
+        return int(self._unsuppress(keys=[SUPPRESSED], args=args))
+
+    def entries(self, domain: str | None = None) -> list[dict[str, Any]]:
+        """As store.feedback.suppressions: newest first, `domain` with the server-wide ones
+        (`id` is None: the entry has no row; `server` says which server added it)."""
+        out: list[dict[str, Any]] = []
+        raw: Any = self.client.hgetall(SUPPRESSED)
+        for address, value in raw.items():
+            for scope, e in _scopes(str(address), value).items():
+                if domain is not None and scope not in ("", domain.lower()):
+                    continue
+                row = {"id": None, "address": str(address), "domain": scope}
+                for k in ("created_at", "source", "reason", "note"):
+                    row[k] = str(e.get(k) or "")
+                for k in ("report", "feedback_type", "reporter", "message_id", "server"):
+                    row[k] = e.get(k)
+                out.append(row)
+        out.sort(key=lambda r: (r["created_at"], r["address"], r["domain"]), reverse=True)
+        return out
+
+    def _found(self, address: str, raw: Any) -> list[Suppression]:
+        if raw is None:
+            return []
+        return [
+            Suppression(address, scope, str(e.get("created_at") or ""), str(e.get("reason") or ""))
+            for scope, e in _scopes(address, raw).items()
+        ]
+
+    def at_rcpt(self, address: str, domain: str) -> Suppression | None:
+        """One round trip: the address's entries, then its scope for `domain` or every one."""
+        address = address.lower()
+        for s in self._found(address, self.client.hget(SUPPRESSED, address)):
+            if s.domain in ("", domain.lower()):
+                return s
+        return None
+
+    def for_rcpts(self, addresses: list[str]) -> list[Suppression]:
+        """Every entry of these recipients (any domain), in one round trip."""
+        unique = list(dict.fromkeys(a.lower() for a in addresses))
+        if not unique:
+            return []
+        values: Any = self.client.hmget(SUPPRESSED, unique)
+        return [s for a, v in zip(unique, values, strict=True) for s in self._found(a, v)]
+
+
+def move_suppressions(conn: Any, shared: RedisSuppressions) -> tuple[int, int]:
+    """Copy the database's active suppressions into the shared list: (copied, there already)."""
+    copied = already = 0
+    for row in feedback.active_rows(conn):
+        details = {k: str(row[k]) for k in ("feedback_type", "reporter", "message_id") if row[k]}
+        done = shared.suppress(
+            str(row["address"]),
+            str(row["domain"]),
+            str(row["created_at"]),
+            str(row["source"]),
+            str(row["reason"]),
+            str(row["note"] or ""),
+            row["report"],
+            details,
+        )
+        copied, already = (copied + 1, already) if done else (copied, already + 1)
+    return copied, already
+
+
 def open_shared(store: Any) -> RedisRateStore | None:
     """The shared store a [store] section names, or None when [store].shared is empty."""
     if not store.shared:
@@ -498,6 +662,8 @@ class Moved:
     events: int = 0
     locks: int = 0
     locks_already: int = 0
+    suppressions: int = 0
+    suppressions_already: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -506,8 +672,8 @@ class Moved:
 def move_to_shared(
     conn: Any, shared: RedisRateStore, marker: str, now: float, force: bool = False
 ) -> Moved:
-    """Copy the database's rate events of the last KEEP_EVENTS_S and its locks into Redis, once
-    per database (`marker` names it; `force` copies again, counting the events twice). The
+    """Copy the database's rate events of the last KEEP_EVENTS_S, its locks and its active
+    suppressions into Redis, once per database (`marker` names it; `force` copies again, counting the events twice). The
     SQLite rows stay: with [store].shared = "" again they are used as before."""
     key = f"{PREFIX}moved:{hashlib.sha256(marker.encode()).hexdigest()}"
     if not force and shared.client.exists(key):
@@ -530,5 +696,6 @@ def move_to_shared(
         else:
             out.locks_already += 1
     out.identities = len(set(by_identity) | {r[0] for r in locks})
+    out.suppressions, out.suppressions_already = move_suppressions(conn, shared.suppressions)
     shared.client.set(key, datetime.fromtimestamp(now, UTC).isoformat())
     return out

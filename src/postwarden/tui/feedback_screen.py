@@ -18,6 +18,7 @@ from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Sta
 
 from postwarden.feedback import suppression
 from postwarden.feedback.stats import rates
+from postwarden.store.shared import SharedUnavailable
 from postwarden.tui.modals import ConfirmScreen
 from postwarden.tui.screens import SCREENS, BaseScreen, Col
 
@@ -126,10 +127,13 @@ class FeedbackScreen(BaseScreen):
         b = self.backend
         try:
             with b.lock:
-                rows = rates(b.db, b.config, b.now())
-                entries = suppression.entries(b.db)
+                rows = rates(b.db, b.config, b.now(), shared=b.shared)
+                entries = suppression.entries(b.db, shared=b.shared)
         except sqlite3.Error as exc:
             self.say(f"feedback: {exc}", severity="error")
+            return
+        except SharedUnavailable as exc:  # [store].shared: Redis down; the screen stays
+            self.say(f"the shared store is unreachable: {exc}", severity="error")
             return
         self.app.call_from_thread(self.show, rows, entries)
 
@@ -195,7 +199,11 @@ class FeedbackScreen(BaseScreen):
             if values is None:
                 return
             address, domain, note = values
-            self.change(lambda: suppression.add(self.backend.db, address, domain or None, note))
+            self.change(
+                lambda: suppression.add(
+                    self.backend.db, address, domain or None, note, self.backend.shared
+                )
+            )
 
         self.app.push_screen(AddScreen(self.domain()), done)
 
@@ -212,7 +220,9 @@ class FeedbackScreen(BaseScreen):
         def done(yes: bool | None) -> None:
             if yes:
                 self.change(
-                    lambda: suppression.remove(self.backend.db, e["address"], e["domain"], "tui")
+                    lambda: suppression.remove(
+                        self.backend.db, e["address"], e["domain"], "tui", self.backend.shared
+                    )
                 )
 
         self.app.push_screen(
@@ -233,6 +243,9 @@ class FeedbackScreen(BaseScreen):
             return
         except sqlite3.Error as exc:
             self.say(f"feedback: {exc}", severity="error")
+            return
+        except SharedUnavailable as exc:
+            self.say(f"not changed: the shared store is unreachable: {exc}", severity="error")
             return
         self.say("done" if done else "nothing changed")
         self.load()
