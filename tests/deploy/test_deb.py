@@ -275,7 +275,9 @@ def test_readme_install_steps_on_a_private_mail_server(
     m.sandbox.kick_pickup()
     assert m.sandbox.wait_for(lambda: m.sink_subject("web form"), 60), m.logs()
     row = decisions.by_subject("web form")
-    assert row["identity"] == "local:contact@example.com" and row["action"] == "accept"
+    assert (
+        row["identity"] == "local:www-data" and row["action"] == "accept"
+    )  # the [local] user its sender names
     assert dkimpy_results(m.sink_subject("web form") or b"", records) == [True]
     # An unlisted local user can no longer send at all; www-data only as itself.
     res = m.sandbox.sendmail(form, "nobody@example.com", ["x@remote.test"], user="nobody")

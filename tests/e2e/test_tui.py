@@ -118,7 +118,7 @@ def test_release_one_after_a_cancel(tui_stack: Stack) -> None:
         await until(pilot, lambda: first not in {m.queue_id for m in screen.items})
 
     run(tui_stack, "quarantine", script)
-    assert tui_stack.sandbox.wait_for(lambda: ids[0] in tui_stack.sandbox.sink_queue_ids())
+    assert tui_stack.sandbox.wait_for(lambda: ids[0] in tui_stack.sandbox.sink_queue_ids(), 90)
     assert held_ids(tui_stack, "t-release") == ids[1:]
     assert (ids[0], "tui") in audit(tui_stack, "quarantine.release")
 
