@@ -17,7 +17,7 @@ The notice passes through Postfix and so through postwarden again. It carries an
 X-Postwarden-Notice header: its issue time and an HMAC, under a key kept in the database, of
 its Message-ID, that time, its From and its recipients. The milter takes it for its own (never
 counted, never held by a lock, its own included) only when it comes by one of the two paths
-notices take (sendmail(1), or the notice service from a loopback client, which names itself
+notices take (sendmail(1), or the notice service, an smtpd on a unix socket in public/, which names itself
 with {daemon_name} = NOTICE_DAEMON_NAME) with the null sender, within ten minutes of issue, and
 for the first time (NoticeGuard). Whoever can reach the notice service still cannot forge one.
 """
