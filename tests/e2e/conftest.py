@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,3 +88,26 @@ def stack() -> Iterator[Stack]:
     for s in module_stack("postfix"):
         s.start()
         yield s
+
+
+# ---- helpers several test modules share ----
+
+
+def pw(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "postwarden", "--config", str(stack.config), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def held_ids(stack: Stack) -> set[str]:
+    return {str(q["queue_id"]) for q in stack.sandbox.queue() if q.get("queue_name") == "hold"}
+
+
+def sink_with(stack: Stack, token: str) -> list[bytes]:
+    return [
+        p.read_bytes() for p in stack.sandbox.sink_dir.iterdir() if token.encode() in p.read_bytes()
+    ]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -19,7 +17,7 @@ from postwarden.config import load_config
 from postwarden.metrics import SCRAPE_CACHE_S
 from postwarden.sandbox import free_port
 from tests.dnsserver import LoopbackDNS, txt
-from tests.e2e.conftest import Stack, module_stack
+from tests.e2e.conftest import Stack, held_ids, module_stack, pw, sink_with
 from tests.helpers import message
 from tests.unit.test_metrics import samples, value
 
@@ -36,26 +34,6 @@ def mstack() -> Iterator[tuple[Stack, int]]:
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         return str(r.read().decode())
-
-
-def pw(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "postwarden", "--config", str(stack.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def held_ids(stack: Stack) -> set[str]:
-    return {str(q["queue_id"]) for q in stack.sandbox.queue() if q.get("queue_name") == "hold"}
-
-
-def sink_with(stack: Stack, token: str) -> list[bytes]:
-    return [
-        p.read_bytes() for p in stack.sandbox.sink_dir.iterdir() if token.encode() in p.read_bytes()
-    ]
 
 
 def test_a_scrape_after_a_burst_equals_the_decision_rows_and_the_hold_queue(

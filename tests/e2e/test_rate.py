@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +12,7 @@ import pytest
 from postwarden.config import load_config
 from postwarden.store import open_db
 from tests.dkim_verify import dkimpy_results, opendkim_results, records_for
-from tests.e2e.conftest import Stack, module_stack
+from tests.e2e.conftest import Stack, held_ids, module_stack, pw, sink_with
 from tests.helpers import message
 
 EXTRA_POLICY = """
@@ -32,26 +30,6 @@ def rate_stack() -> Iterator[Stack]:
     for s in module_stack("rate", EXTRA_POLICY):
         s.start()
         yield s
-
-
-def pw(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "postwarden", "--config", str(stack.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def held_ids(stack: Stack) -> set[str]:
-    return {str(q["queue_id"]) for q in stack.sandbox.queue() if q.get("queue_name") == "hold"}
-
-
-def sink_with(stack: Stack, token: str) -> list[bytes]:
-    return [
-        p.read_bytes() for p in stack.sandbox.sink_dir.iterdir() if token.encode() in p.read_bytes()
-    ]
 
 
 def test_a_compromised_account_is_stopped_at_its_cap_and_nothing_is_lost(rate_stack: Stack) -> None:

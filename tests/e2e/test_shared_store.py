@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from postwarden.store import open_db
-from tests.e2e.conftest import E2E_ROOT, Stack
+from tests.e2e.conftest import E2E_ROOT, Stack, pw, sink_with
 from tests.helpers import message
 from tests.redisserver import RedisServer
 
@@ -85,22 +83,6 @@ def pair() -> Iterator[Pair]:
         b.stop()
         redis.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def pw(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "postwarden", "--config", str(stack.config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-def sink_with(stack: Stack, token: str) -> list[bytes]:
-    return [
-        p.read_bytes() for p in stack.sandbox.sink_dir.iterdir() if token.encode() in p.read_bytes()
-    ]
 
 
 def delivered(pair: Pair, token: str) -> int:

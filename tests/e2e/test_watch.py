@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from postwarden.metrics import scrape_unix
-from tests.e2e.conftest import Stack, module_stack
+from tests.e2e.conftest import Stack, module_stack, sink_with
 from tests.helpers import message
 from tests.unit.test_metrics import value
 
@@ -26,12 +26,6 @@ def wstack() -> Iterator[Stack]:
         )
         s.start()
         yield s
-
-
-def sink_with(stack: Stack, token: str) -> list[bytes]:
-    return [
-        p.read_bytes() for p in stack.sandbox.sink_dir.iterdir() if token.encode() in p.read_bytes()
-    ]
 
 
 def test_a_hold_queue_over_the_threshold_is_mailed_once(wstack: Stack) -> None:
