@@ -45,11 +45,17 @@ class Outcome:
         )
 
 
-def _store_aggregate(
-    db: sqlite_utils.Database, rep: dmarc.Aggregate, raw: bytes, now: datetime, source: str
-) -> Outcome:
-    record = {
-        "kind": "dmarc",
+def _record(
+    kind: str,
+    rep: dmarc.Aggregate | tlsrpt.TlsReport,
+    policy: str,
+    raw: bytes,
+    now: datetime,
+    source: str,
+) -> dict[str, object]:
+    """The reports row of either kind: who sent it, what it covers, the raw report gzipped."""
+    return {
+        "kind": kind,
         "org": rep.org_name.lower(),
         "report_id": rep.report_id,
         "org_name": rep.org_name,
@@ -57,13 +63,19 @@ def _store_aggregate(
         "domain": rep.domain,
         "begin": rep.begin,
         "end": rep.end,
-        "policy": json.dumps(rep.policy, sort_keys=True),
+        "policy": policy,
         "received_at": now.isoformat(),
         "source": source,
         "sha256": hashlib.sha256(raw).hexdigest(),
         "raw_size": len(raw),
         "raw": gzip.compress(raw, 6, mtime=0),
     }
+
+
+def _store_aggregate(
+    db: sqlite_utils.Database, rep: dmarc.Aggregate, raw: bytes, now: datetime, source: str
+) -> Outcome:
+    record = _record("dmarc", rep, json.dumps(rep.policy, sort_keys=True), raw, now, source)
     _, new = store.insert_report(db, record, [r.as_dict() for r in rep.rows], [])
     return Outcome(
         "stored" if new else "duplicate",
@@ -79,22 +91,7 @@ def _store_aggregate(
 def _store_tls(
     db: sqlite_utils.Database, rep: tlsrpt.TlsReport, raw: bytes, now: datetime, source: str
 ) -> Outcome:
-    record = {
-        "kind": "tlsrpt",
-        "org": rep.org_name.lower(),
-        "report_id": rep.report_id,
-        "org_name": rep.org_name,
-        "email": rep.email,
-        "domain": rep.domain,
-        "begin": rep.begin,
-        "end": rep.end,
-        "policy": "{}",
-        "received_at": now.isoformat(),
-        "source": source,
-        "sha256": hashlib.sha256(raw).hexdigest(),
-        "raw_size": len(raw),
-        "raw": gzip.compress(raw, 6, mtime=0),
-    }
+    record = _record("tlsrpt", rep, "{}", raw, now, source)
     _, new = store.insert_report(db, record, [], [p.as_dict() for p in rep.policies])
     return Outcome(
         "stored" if new else "duplicate",
