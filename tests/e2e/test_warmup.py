@@ -1,7 +1,10 @@
 """Warm-up end to end (streams.md): day 1 allows 5 recipients to the gmail group; of 8 messages
 to gmail.com recipients 5 leave and 3 are held as warmup.paced; recipients of other providers
 are unaffected; on the next schedule day (the test's clock: POSTWARDEN_TODAY, a test hook) the
-releaser lets the 3 out, oldest first."""
+releaser lets the 3 out, oldest first.
+
+The test's day 1 is tomorrow (UTC), never a fixed date: a due time is never earlier than the real
+now, so day 2's midnight must lie ahead of the real clock for as long as the test runs."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 
 import pytest
@@ -19,18 +23,22 @@ from tests.e2e.conftest import Stack
 from tests.e2e.streams_stack import BulkSink, sink_files, streams_stack
 from tests.helpers import message
 
-WARMUP = """
+DAY1 = datetime.now(UTC).date() + timedelta(days=1)
+DAY2 = DAY1 + timedelta(days=1)
+WARMUP = f"""
 [warmup."example.com"]
-start = 2026-12-01
+start = {DAY1.isoformat()}
 daily = [5, 50]
 providers = ["gmail"]
 """
+DUE = f"{DAY2.isoformat()}T00:00:00+00:00"
+DUE_Z = f"{DAY2.isoformat()}T00:00:00Z"
 
 
 @pytest.fixture(scope="module")
 def st() -> Iterator[tuple[Stack, BulkSink]]:
     old = os.environ.get(TODAY_ENV)
-    os.environ[TODAY_ENV] = "2026-12-01"
+    os.environ[TODAY_ENV] = DAY1.isoformat()
     try:
         yield from streams_stack("warmup", WARMUP)
     finally:
@@ -98,18 +106,18 @@ def test_day_one_allows_five_to_gmail_and_the_rest_leave_the_next_day(
     # quarantine list and senders say what waits and when it is due: day 2, 00:00 UTC.
     listed = json.loads(cli(stack, "quarantine", "list", "--json"))["messages"]
     assert [(m["queue_id"], m["paced"], m["due"]) for m in listed] == [
-        (q, "warmup", "2026-12-02T00:00:00+00:00") for q in queue_ids[5:]
+        (q, "warmup", DUE) for q in queue_ids[5:]
     ]
     text = cli(stack, "quarantine", "list")
-    assert text.count("due 2026-12-02T00:00:00Z") == 3
+    assert text.count(f"due {DUE_Z}") == 3
     senders = {s["identity"]: s for s in json.loads(cli(stack, "senders", "--json"))}
     alice = senders["sasl:alice@example.com"]
-    assert (alice["paced"], alice["next_due"]) == (3, "2026-12-02T00:00:00+00:00")
-    assert "3 paced, next due 2026-12-02T00:00:00Z" in cli(stack, "senders")
+    assert (alice["paced"], alice["next_due"]) == (3, DUE)
+    assert f"3 paced, next due {DUE_Z}" in cli(stack, "senders")
 
     # The next schedule day: the daemon restarted on the test's clock lets the 3 go.
     sb.stop_milter()
-    os.environ[TODAY_ENV] = "2026-12-02"
+    os.environ[TODAY_ENV] = DAY2.isoformat()
     sb.start_milter(stack.config)
     assert sb.wait_for(lambda: len(delivered(stack)) >= 11, 60), sb.milter_log.read_text()[-2000:]
     got = delivered(stack)
