@@ -68,6 +68,9 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         self.smtputf8 = False
         self.auth_login = ""
         self.rcpts: list[str] = []
+        # What the RCPT look-up found for each accepted recipient (lower-cased), every domain's
+        # entries: end-of-message takes these instead of asking the store again for them.
+        self.rcpt_found: dict[str, tuple[Suppression, ...]] = {}
         self.headers: list[tuple[str, str]] = []
         self.size = 0
         self.error = ""
@@ -173,7 +176,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         if not domain or self.snapshot is None or not self.snapshot.policy.hosted_domain(domain):
             return None
         try:
-            found = lookup.at_rcpt(address, domain)
+            # Every domain's entries (what at_rcpt filters), kept for end-of-message's facts.
+            entries = tuple(lookup.for_rcpts([address]))
         except Exception as exc:  # noqa: BLE001  (the database, or [store].shared's Redis, down)
             # Failed closed as any failure: remembered, so end-of-message gives the whole
             # message [milter].on_error (tempfail by default) and records it as a decision;
@@ -181,6 +185,8 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             log.error("suppression look-up for <%s> failed: %s", address, exc)
             self._fail("envrcpt", exc)
             return None
+        self.rcpt_found[address.lower()] = entries
+        found = next((x for x in entries if x.domain in ("", domain)), None)
         if found is None:
             return None
         log.info("rcpt <%s> refused: suppressed for %s", address, found.domain or "every domain")
@@ -342,11 +348,24 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
         lookup = self.runtime.suppressions
         if lookup is None or not self.outbound or not self.rcpts:
             return ()
+        # Recipients looked up at RCPT (over SMTP) are not asked again: one look-up a
+        # recipient. What RCPT found stands for the seconds of DATA; sendmail(1) mail, never
+        # looked up at RCPT, is asked here.
+        unique = list(dict.fromkeys(a.lower() for a in self.rcpts))
+        ask = [a for a in unique if a not in self.rcpt_found]
         try:
-            return tuple(lookup.for_rcpts(self.rcpts))
+            fresh = lookup.for_rcpts(ask) if ask else []
         except Exception as exc:  # noqa: BLE001  (the database, or [store].shared's Redis, down)
             self._fail("suppression look-up", exc)  # eom raises it before any decision
             return ()
+        by_address: dict[str, list[Suppression]] = {}
+        for x in fresh:
+            by_address.setdefault(x.address.lower(), []).append(x)
+        return tuple(
+            x
+            for a in unique
+            for x in (self.rcpt_found[a] if a in self.rcpt_found else by_address.get(a, []))
+        )
 
     def _error_verdict(
         self,
