@@ -182,3 +182,96 @@ def test_varied_bodies_verify(tmp_path: Path) -> None:
         message = signed(raw, keys)
         assert dkimpy_results(message, records) == [True, True], body[:40]
         assert opendkim_results(message, records) == ["pass", "pass"], body[:40]
+
+
+def _reference_sign(
+    headers: list[tuple[bytes, bytes]], body_hash: bytes, key: LoadedKey, ts: int
+) -> str:
+    """The signature as dkimpy's own hash_headers builds the signed data (what sign() did
+    before it shared the header data between keys): the new path must give the same bytes."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+    from postwarden.signing.signer import ALGORITHMS, HEADER_NAME, signed_header_names
+
+    include = signed_header_names(headers)
+    algorithm = ALGORITHMS[key.algorithm]
+    domain, selector = key.domain.encode(), key.selector.encode()
+    fields = [
+        (b"v", b"1"),
+        (b"a", algorithm),
+        (b"c", RELAXED.to_c_value()),
+        (b"d", domain),
+        (b"i", b"@" + domain),
+        (b"q", b"dns/txt"),
+        (b"s", selector),
+        (b"t", str(ts).encode()),
+        (b"h", b" : ".join(include)),
+        (b"bh", body_hash),
+        (b"b", b"0" * 60),
+    ]
+    unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME))
+    unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
+
+    class Collect:
+        parts: list[bytes] = []
+
+        def update(self, data: bytes) -> None:
+            self.parts.append(data)
+
+    collect = Collect()
+    collect.parts = []
+    canonical = RELAXED.canonicalize_headers(headers)
+    dkim.hash_headers(
+        collect, RELAXED, canonical, include, (HEADER_NAME, b" " + unsigned), dict(fields)
+    )
+    data = b"".join(collect.parts)
+    private = key.private_key
+    if isinstance(private, rsa.RSAPrivateKey):
+        raw = private.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(private, ed25519.Ed25519PrivateKey)
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(data)
+        raw = private.sign(digest.finalize())
+    fields[-1] = (b"b", base64.b64encode(raw))
+    return str(
+        dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME)).decode()
+    )
+
+
+MALFORMED = SHARED / "corpora" / "malformed-email"
+
+
+def test_shared_header_data_signs_the_same_bytes_as_dkimpys_hash_headers(tmp_path: Path) -> None:
+    """sign_all canonicalises and selects the headers once for every key (issue 21): over every
+    message of the malformed-email corpus and the flanker vectors (repeated, oddly cased and
+    folded headers), each signature equals the one dkimpy's hash_headers path gives, byte for
+    byte (RSA PKCS#1 v1.5 and Ed25519 are deterministic)."""
+    from postwarden.signing import sign_all
+
+    rsa_key = load_key("example.com", "r", str(write_key(tmp_path / "r.key")), True)
+    ed_key = load_key(
+        "example.com", "e", str(write_key(tmp_path / "e.key", algorithm="ed25519")), True
+    )
+    files = sorted(p for p in MALFORMED.rglob("*") if p.is_file())
+    files += sorted(FLANKER.glob("email.*"))
+    assert len(files) == 134 + 21, len(files)  # the corpus must be there, all of it
+    rnd = random.Random(21)
+    compared = 0
+    for path in files:
+        headers, _ = split_message(path.read_bytes())
+        if rnd.random() < 0.5:  # oddly cased names and a repeated header or two
+            headers = [(n.swapcase() if rnd.random() < 0.3 else n, v) for n, v in headers]
+            headers += [h for h in headers if rnd.random() < 0.1]
+        body_hash = b"frozen+body+hash+for+the+test+0000000000000="
+        got = sign_all(headers, body_hash, [rsa_key, ed_key], NOW)
+        assert [s.value for s in got] == [
+            _reference_sign(headers, body_hash, rsa_key, NOW),
+            _reference_sign(headers, body_hash, ed_key, NOW),
+        ], path
+        compared += 1
+    assert compared == len(files)

@@ -6,6 +6,13 @@ slowly (pure-Python RSA, a PEM parse per signature) is done here with keys loade
 """
 
 from postwarden.signing.body import RelaxedBodyHasher, canonicalize_body
-from postwarden.signing.signer import SIGN_HEADERS, Signature, sign
+from postwarden.signing.signer import SIGN_HEADERS, Signature, sign, sign_all
 
-__all__ = ["SIGN_HEADERS", "RelaxedBodyHasher", "Signature", "canonicalize_body", "sign"]
+__all__ = [
+    "SIGN_HEADERS",
+    "RelaxedBodyHasher",
+    "Signature",
+    "canonicalize_body",
+    "sign",
+    "sign_all",
+]

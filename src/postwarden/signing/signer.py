@@ -65,16 +65,6 @@ class Signature:
         return {"d": self.domain, "s": self.selector, "a": self.algorithm}
 
 
-class _Collect:
-    """A hasher stand-in for dkim.hash_headers: keeps the bytes, so OpenSSL signs them."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def update(self, data: bytes) -> None:
-        self.parts.append(data)
-
-
 # Oversigned (decisions.md, check 5): every header a receiver shows or acts on is named once
 # more than it occurs, present or not, so none can be added or prepended without breaking the
 # signature (a verifier matches an h= entry with no copy left against an empty header).
@@ -114,12 +104,48 @@ def signed_header_names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
     return [*names, *OVERSIGN]
 
 
+@dataclass(frozen=True)
+class SignedHeaders:
+    """What every signature of one message shares: the h= names and the canonical bytes of the
+    headers they select (all but the DKIM-Signature header itself), computed once."""
+
+    include: list[bytes]
+    data: bytes
+
+
+def signed_headers(headers: list[tuple[bytes, bytes]]) -> SignedHeaders:
+    """The header data hashed for relaxed/relaxed, as dkim.hash_headers selects it (each h=
+    name takes the last unused copy, bottom up; a name with no copy left selects nothing),
+    with each name lower-cased once instead of once per h= entry."""
+    include = signed_header_names(headers)
+    canonical = RELAXED.canonicalize_headers(headers)
+    names = [n.lower() for n, _ in canonical]
+    parts: list[bytes] = []
+    last: dict[bytes, int] = {}
+    for h in include:
+        i = last.get(h, len(canonical))
+        while i > 0:
+            i -= 1
+            if names[i] == h:
+                name, value = canonical[i]
+                parts.append(name + b":" + value)
+                break
+        last[h] = i
+    return SignedHeaders(include, b"".join(parts))
+
+
 def sign(
-    headers: list[tuple[bytes, bytes]], body_hash_b64: bytes, key: LoadedKey, timestamp: int
+    headers: list[tuple[bytes, bytes]],
+    body_hash_b64: bytes,
+    key: LoadedKey,
+    timestamp: int,
+    shared: SignedHeaders | None = None,
 ) -> Signature:
     """Sign as dkimpy's DKIM.sign does for relaxed/relaxed, without l= and without parsing
-    the key: `headers` are (name, value) as they will leave, in order."""
-    include = signed_header_names(headers)
+    the key: `headers` are (name, value) as they will leave, in order. `shared`: the header
+    data signed_headers() gave for these headers (sign_all passes it to every key)."""
+    shared = shared or signed_headers(headers)
+    include = shared.include
     algorithm = ALGORITHMS[key.algorithm]
     domain, selector = key.domain.encode(), key.selector.encode()
     fields = [
@@ -138,16 +164,11 @@ def sign(
     ]
     unsigned = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME))
     unsigned = dkim.RE_BTAG.sub(b"\\1", unsigned)
-    collect = _Collect()
-    dkim.hash_headers(
-        collect,
-        RELAXED,
-        RELAXED.canonicalize_headers(headers),
-        include,
-        (HEADER_NAME, b" " + unsigned),
-        dict(fields),
+    # The DKIM-Signature header last, b= empty, with no trailing CRLF (dkim.hash_headers).
+    ((name, value),) = RELAXED.canonicalize_headers(
+        [(HEADER_NAME, dkim.RE_BTAG.sub(b"\\1", b" " + unsigned))]
     )
-    data = b"".join(collect.parts)
+    data = shared.data + name + b":" + value.rstrip()
     private = key.private_key
     if isinstance(private, rsa.RSAPrivateKey):
         raw = private.sign(data, padding.PKCS1v15(), hashes.SHA256())
@@ -161,3 +182,17 @@ def sign(
     fields[-1] = (b"b", base64.b64encode(raw))
     value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(HEADER_NAME))
     return Signature(key.domain, key.selector, algorithm.decode(), value.decode("ascii"))
+
+
+def sign_all(
+    headers: list[tuple[bytes, bytes]],
+    body_hash_b64: bytes,
+    keys: list[LoadedKey],
+    timestamp: int,
+) -> list[Signature]:
+    """One signature per key over the same headers and body: the headers are canonicalised
+    and selected once for all of them."""
+    if not keys:
+        return []
+    shared = signed_headers(headers)
+    return [sign(headers, body_hash_b64, key, timestamp, shared) for key in keys]
