@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
 APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl prometheus redis-server
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports bench-metrics bench-redis clean deb
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports bench-metrics bench-redis bench-cpu clean deb
 
 install: deps-apt venv
 
@@ -52,6 +52,12 @@ pytest:
 # About 10 minutes on 2 cores (BENCH_REPS, BENCH_MESSAGES, BENCH_SESSIONS, BENCH_MEMORY).
 bench: install
 	$(BIN)/python bench/run.py
+
+# The milter's own CPU per message in one process (no Postfix): this tree against BENCH_AGAINST
+# (a git revision) side by side in one run; writes its section of docs/benchmarks.md.
+BENCH_AGAINST ?= 3582fc3
+bench-cpu: install
+	$(BIN)/python bench/cpu.py --against $(BENCH_AGAINST) --write
 
 # dns-check over 100 domains against a loopback DNS server that delays every answer by 100 ms.
 bench-dns: install

@@ -12,7 +12,11 @@ This is where the time of `make bench`'s milter CPU column goes, measured withou
 Postfix and the load generator sharing the cores: use it to find and check a speed-up, and
 `make bench` to measure the whole.
 
-Environment: BENCH_CPU_MESSAGES (2000).
+With --against REV (a git revision), the same driver also runs that revision's postwarden
+(its src/ from a worktree of REV) in alternating child processes, so this tree and REV are
+compared side by side in one run; --write puts the table in docs/benchmarks.md.
+
+Environment: BENCH_CPU_MESSAGES (2000), BENCH_CPU_REPS (5, with --against).
 """
 
 from __future__ import annotations
@@ -20,12 +24,17 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import logging
 import os
+import platform
 import pstats
 import shutil
+import statistics
+import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.run import CONFIG, POLICY, message, multipart  # noqa: E402
+from bench.sections import write_section  # noqa: E402
 from tests.helpers import write_key  # noqa: E402
 
 from postwarden.config.loader import load_config  # noqa: E402
@@ -40,7 +50,9 @@ from postwarden.milter import adapter  # noqa: E402
 from postwarden.milter.daemon import Daemon  # noqa: E402
 
 MESSAGES = int(os.environ.get("BENCH_CPU_MESSAGES", "2000"))
-ROOT = Path("/var/tmp/postwarden-bench-cpu")
+REPS = int(os.environ.get("BENCH_CPU_REPS", "5"))
+ROOT = Path(os.environ.get("BENCH_CPU_ROOT", "/var/tmp/postwarden-bench-cpu"))
+SHAPES = {"4k": "4 KB", "100k": "100 KB multipart"}
 
 
 class Driven(adapter.PostwardenMilter):
@@ -132,43 +144,139 @@ def setup() -> Path:
     return config
 
 
+def measure(shape: str, profile: bool, top: int) -> float:
+    """CPU ms per message of this process's postwarden for one shape."""
+    logging.disable(logging.CRITICAL)  # the log line is still built (readable(log_line(...)))
+    daemon = Daemon(load_config(setup()))
+    raw = message(4096) if shape == "4k" else multipart(102400)
+    try:
+        m = Driven(daemon.runtime)
+        drive(m, raw, 50)  # warm: keys parsed, statements prepared
+        drain(daemon)
+        prof = cProfile.Profile() if profile else None
+        cpu0 = time.process_time()
+        if prof is not None:
+            prof.enable()
+        drive(m, raw, MESSAGES)
+        drain(daemon)
+        if prof is not None:
+            prof.disable()
+        cpu = time.process_time() - cpu0
+        if prof is not None:
+            out = io.StringIO()
+            stats: Any = pstats.Stats(prof, stream=out)
+            stats.sort_stats("tottime").print_stats(top)
+            print(out.getvalue(), file=sys.stderr)
+    finally:
+        daemon.writer.flush_and_stop()
+    return cpu * 1000 / MESSAGES
+
+
+def child(src: Path | None, shape: str, root: Path) -> float:
+    env = dict(os.environ, BENCH_CPU_ROOT=str(root))
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    res = subprocess.run(
+        [sys.executable, __file__, "--shape", shape, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"bench/cpu.py child failed: {res.stdout}{res.stderr}")
+    return float(json.loads(res.stdout.splitlines()[-1])["cpu_ms"])
+
+
+def against(rev: str, shapes: list[str], write: bool) -> int:
+    worktree = Path("/var/tmp/postwarden-bench-cpu-against")
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
+        capture_output=True,
+        check=False,
+    )
+    subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), rev],
+        capture_output=True,
+        check=True,
+    )
+    label = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%h %cs", rev],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    started = time.monotonic()
+    got: dict[tuple[str, str], list[float]] = {}
+    try:
+        for rep in range(REPS):
+            for shape in shapes:
+                # Alternating, and the order swapped every repetition: drift hits both alike.
+                sides = [("this tree", None), (rev, worktree / "src")]
+                for side, src in sides if rep % 2 == 0 else sides[::-1]:
+                    ms = child(src, shape, ROOT / side.replace(" ", "-").replace("/", "-"))
+                    got.setdefault((shape, side), []).append(ms)
+                    print(
+                        f"rep {rep + 1}/{REPS} {SHAPES[shape]} {side}: {ms:.3f} CPU ms/msg",
+                        flush=True,
+                    )
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
+            capture_output=True,
+            check=False,
+        )
+    took = time.monotonic() - started
+    rows = []
+    for shape in shapes:
+        new = statistics.median(got[(shape, "this tree")])
+        old = statistics.median(got[(shape, rev)])
+        rows.append(f"| {SHAPES[shape]} | {old:.3f} | {new:.3f} | {new / old:.2f} |")
+    load = os.getloadavg()[0]
+    text = "\n".join(
+        [
+            "## The milter's own CPU per message (`make bench-cpu`)",
+            "",
+            f"Measured by `bench/cpu.py --against {rev}` on {datetime.now(UTC).date()}:"
+            f" {os.cpu_count()} cores, Python {platform.python_version()}, load average"
+            f" {load:.1f} at the end; {MESSAGES} messages a measurement, {REPS} alternating"
+            f" repetitions, medians; {took / 60:.1f} minutes.",
+            "The bench's messages driven through PostwardenMilter's callbacks in one process"
+            " (no Postfix, no load generator): bench/run.py's policy, RSA-2048 and Ed25519"
+            " signing, every cap counted in SQLite, a decision row each. CPU is the process's"
+            " (the writer thread's inserts included). The earlier revision is"
+            f" {label}, run from a worktree by the same driver.",
+            "",
+            f"| message | {rev} CPU ms/msg | this tree CPU ms/msg | ratio |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print(text)
+    if write:
+        write_section(REPO / "docs" / "benchmarks.md", "cpu", text)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", action="store_true", help="print the costliest functions")
     ap.add_argument("--shape", choices=["4k", "100k", "both"], default="both")
     ap.add_argument("--top", type=int, default=30, help="functions shown with --profile")
+    ap.add_argument("--json", action="store_true", help="one shape's figure as JSON")
+    ap.add_argument("--against", metavar="REV", help="compare with this git revision")
+    ap.add_argument("--write", action="store_true", help="with --against: docs/benchmarks.md")
     args = ap.parse_args()
-    logging.disable(logging.CRITICAL)  # the log line is still built (readable(log_line(...)))
-    daemon = Daemon(load_config(setup()))
-    shapes = {"4 KB": message(4096), "100 KB multipart": multipart(102400)}
-    if args.shape != "both":
-        shapes = {k: v for k, v in shapes.items() if k.startswith(args.shape[:-1])}
-    try:
-        for name, raw in shapes.items():
-            m = Driven(daemon.runtime)
-            drive(m, raw, 50)  # warm: keys parsed, statements prepared
-            drain(daemon)
-            prof = cProfile.Profile() if args.profile else None
-            cpu0, wall0 = time.process_time(), time.perf_counter()
-            if prof is not None:
-                prof.enable()
-            drive(m, raw, MESSAGES)
-            drain(daemon)
-            if prof is not None:
-                prof.disable()
-            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-            print(
-                f"{name}: {MESSAGES} messages, {cpu * 1000 / MESSAGES:.3f} CPU ms/msg"
-                f" ({wall * 1000 / MESSAGES:.3f} wall ms/msg)",
-                flush=True,
-            )
-            if prof is not None:
-                out = io.StringIO()
-                stats: Any = pstats.Stats(prof, stream=out)
-                stats.sort_stats("tottime").print_stats(args.top)
-                print(out.getvalue())
-    finally:
-        daemon.writer.flush_and_stop()
+    shapes = ["4k", "100k"] if args.shape == "both" else [args.shape]
+    if args.against:
+        return against(args.against, shapes, args.write)
+    for shape in shapes:
+        ms = measure(shape, args.profile, args.top)
+        if args.json:
+            print(json.dumps({"shape": shape, "cpu_ms": ms}))
+        else:
+            print(f"{SHAPES[shape]}: {MESSAGES} messages, {ms:.3f} CPU ms/msg", flush=True)
     return 0
 
 
