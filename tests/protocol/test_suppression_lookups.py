@@ -8,6 +8,7 @@ another domain is still among the message's facts (recorded nowhere, counted her
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -117,3 +118,25 @@ def test_sendmail_mail_is_looked_up_once_at_end_of_message(
         ("carol@remote.test", "other.example"),
         ("dave@remote.test", "example.com"),
     ]
+
+
+def test_a_thread_per_session_reuses_the_look_ups_connection(
+    rt: tuple[Runtime, Counting],
+) -> None:
+    """libmilter gives every SMTP session a thread of its own: five sessions, one after
+    another, each on a new thread, open one read connection between them, not five."""
+    _, lookup = rt
+    codes: list[list[int]] = []
+
+    def session() -> None:
+        ctx = Ctx()
+        ctx.connect()
+        codes.append(_send(ctx, ["bob@remote.test"], [])[0])
+
+    for _ in range(5):
+        t = threading.Thread(target=session)
+        t.start()
+        t.join()
+    assert codes == [[Milter.CONTINUE]] * 5
+    assert len(lookup.asked) == 5
+    assert lookup.opened == 1

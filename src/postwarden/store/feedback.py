@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -155,28 +157,39 @@ def active_for(conn: sqlite3.Connection, addresses: list[str]) -> list[Suppressi
 
 
 class SuppressionLookup:
-    """The milter's read-only look-up, one connection per libmilter thread."""
+    """The milter's read-only look-up, from a pool of connections: libmilter runs each SMTP
+    session on a thread of its own, so a connection per thread was opened (and the schema
+    read, every statement prepared again) for nearly every message."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = path
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self.opened = 0  # connections opened so far (tests: they are reused)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = open_db(self.path, readonly=True).conn
-            self._local.conn = conn
-        return conn
+            self.opened += 1
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                self._idle.append(conn)
 
     def at_rcpt(self, address: str, domain: str) -> Suppression | None:
         """The suppression that refuses `address` for mail from `domain`, or None."""
-        for s in active_for(self._conn(), [address]):
+        for s in self.for_rcpts([address]):
             if s.domain in ("", domain.lower()):
                 return s
         return None
 
     def for_rcpts(self, addresses: list[str]) -> list[Suppression]:
-        return active_for(self._conn(), addresses)
+        with self._conn() as conn:
+            return active_for(conn, addresses)
 
 
 # ---- where the list lives: this database, or the shared store ([store].shared) --------------
