@@ -89,13 +89,15 @@ def test_the_size_bound_is_exact_and_its_text_says_why() -> None:
 @pytest.mark.parametrize("size", [40_000, 100_000, 1_000_000])
 def test_a_huge_from_is_refused_at_once(size: int) -> None:
     value = ("a." * size)[:size] + " <x@y.example>"
-    started = time.perf_counter()
+    started = time.process_time()
     result = header_from([value])
-    assert time.perf_counter() - started < 0.01
+    assert time.process_time() - started < 0.05  # CPU seconds: refused by its length alone
     assert result.problem.startswith(f"the From header is {len(value):,} characters long")
 
 
-# The slowest shapes for each step, at the largest size read: each well under a second.
+# The slowest shapes for each step, at the largest size read: each well under a second of
+# this process's CPU (process_time, not the wall clock, which a loaded machine stretches: a
+# CI run saw 2 s of wall time for 11 ms of work).
 WORST = {
     "dots": "a." * (MAX_FROM_LENGTH // 2 - 10) + " <x@y.example>",
     "spaces": "a " * (MAX_FROM_LENGTH // 2 - 10) + " <x@y.example>",
@@ -115,9 +117,9 @@ def test_the_worst_shapes_at_the_bound_are_read_fast_and_quoted_short(shape: str
     value = WORST[shape]
     assert len(value) <= MAX_FROM_LENGTH
     address._cache.clear()
-    started = time.perf_counter()
+    started = time.process_time()
     result = header_from([value])
-    assert time.perf_counter() - started < 0.5, shape
+    assert time.process_time() - started < 0.5, shape
     assert len(result.problem) < 250, result.problem
 
 

@@ -16,7 +16,8 @@ from postwarden.config.models import DomainPolicy, LocalSection, Policy, UserPol
 from postwarden.policy import Action, Facts, evaluate
 from postwarden.policy.address import FromResult, header_from
 
-# The measured worst case is ~50 ms (a 2,048-character value); the margin is twenty-fold.
+# The measured worst case is ~50 ms (a 2,048-character value); the margin is twenty-fold, in
+# CPU seconds of this process (process_time): a loaded machine stretches the wall clock, not this.
 FROM_SECONDS = 1.0
 EVALUATE_SECONDS = 2.0
 
@@ -74,9 +75,9 @@ def from_values(draw: st.DrawFn) -> str:
 )
 @given(st.lists(from_values(), min_size=0, max_size=3))
 def test_the_from_parser_never_raises_and_is_fast(values: list[str]) -> None:
-    started = time.perf_counter()
+    started = time.process_time()
     result = header_from(values)
-    assert time.perf_counter() - started < FROM_SECONDS, values
+    assert time.process_time() - started < FROM_SECONDS, values
     assert isinstance(result, FromResult)
     assert bool(result.address) != bool(result.problem)
     assert len(result.problem) < 300
@@ -137,9 +138,9 @@ def message_facts(draw: st.DrawFn) -> Facts:
 )
 @given(message_facts())
 def test_evaluate_never_raises_on_random_header_sets(facts: Facts) -> None:
-    started = time.perf_counter()
+    started = time.process_time()
     verdict = evaluate(facts, POLICY, NOW)
-    assert time.perf_counter() - started < EVALUATE_SECONDS
+    assert time.process_time() - started < EVALUATE_SECONDS
     assert verdict.action in Action
     if verdict.action in (Action.REJECT, Action.TEMPFAIL):
         assert verdict.reasons

@@ -459,9 +459,9 @@ def test_postfix_is_told_each_repair_in_place_before_any_removal() -> None:
 def test_encoding_is_bounded() -> None:
     import time
 
-    started = time.perf_counter()
+    started = time.process_time()
     r = repair_headers([("Subject", "\u00e9 " * 8000)], smtputf8=False, enabled=True)
-    assert r.changes and time.perf_counter() - started < 1
+    assert r.changes and time.process_time() - started < 1
     huge = repair_headers([("Subject", "\u00e9" * 20000)], smtputf8=False, enabled=True)
     assert huge.changes == () and "more than postwarden encodes" in huge.problems[0].text
 
