@@ -827,10 +827,10 @@ def test_mutated_corpus_reports_are_stored_or_refused_never_an_exception(tmp_pat
     ids=["comments", "declarations", "cdata", "lt", "nesting", "closings", "schema", "amp"],
 )
 def test_pathological_broken_xml_is_refused_in_linear_time(data: bytes) -> None:
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(Refused):
         read_reports(data)
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
 
 
 def _nested_email(depth: int) -> bytes:
@@ -855,10 +855,10 @@ def _nested_email(depth: int) -> bytes:
     ids=["nested-5000", "nested-450", "200000-parts"],
 )
 def test_hostile_mime_structure_is_refused_quickly(data: bytes) -> None:
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(Refused):
         read_reports(data)
-    assert time.monotonic() - started < 3
+    assert time.process_time() - started < 3
 
 
 def test_a_zip_listing_many_members_is_refused_before_they_are_read() -> None:
@@ -866,10 +866,10 @@ def test_a_zip_listing_many_members_is_refused_before_they_are_read() -> None:
     with zipfile.ZipFile(buf, "w") as z:
         for i in range(5000):
             z.writestr(f"{i}.xml", b"")
-    started = time.monotonic()
+    started = time.process_time()
     with pytest.raises(Refused, match="5000 members"):
         read_reports(buf.getvalue())
-    assert time.monotonic() - started < 1
+    assert time.process_time() - started < 1
 
 
 def test_own_count_is_over_the_reports_ranges_only() -> None:
