@@ -237,3 +237,72 @@ def test_running_totals_stay_exact_after_pruning_and_out_of_order_clocks(tmp_pat
     with store.transaction("sasl:x", [3600], NOW - timedelta(hours=5)) as tx:
         tx.count(1, "late")
     assert store.state("sasl:x", [3600], NOW).counts == ((3600, 3, 5),)
+
+
+def _reference_state(
+    conn: object, identity: str, windows: list[int], now: float
+) -> tuple[tuple[float, int, int] | None, float, RateState]:
+    """The transaction's read as it was before it was one statement: the latest event, the
+    lock, then one query a window, ending at the later of now and the latest event."""
+    import sqlite3
+
+    assert isinstance(conn, sqlite3.Connection)
+    row = conn.execute(
+        "SELECT time, cum_msgs, cum_rcpts FROM rate_events WHERE identity = ?"
+        " ORDER BY time DESC, id DESC LIMIT 1",
+        [identity],
+    ).fetchone()
+    latest = (float(row[0]), int(row[1]), int(row[2])) if row else None
+    at = max(now, latest[0]) if latest else now
+    lk = conn.execute(
+        "SELECT locked_at, cap, queue_id FROM locks WHERE identity = ?", [identity]
+    ).fetchone()
+    counts = []
+    for w in windows:
+        first = conn.execute(
+            "SELECT cum_msgs - 1, cum_rcpts - rcpts FROM rate_events WHERE identity = ?"
+            " AND time > ? ORDER BY time, id LIMIT 1",
+            [identity, at - w],
+        ).fetchone()
+        if latest is None or first is None:
+            counts.append((w, 0, 0))
+        else:
+            counts.append((w, latest[1] - int(first[0]), latest[2] - int(first[1])))
+    lock = Lock(identity, lk[0], lk[1], lk[2]) if lk else None
+    return latest, at, RateState(lock=lock, counts=tuple(counts))
+
+
+def test_the_one_statement_read_equals_a_query_a_window(tmp_path: Path) -> None:
+    """The rate transaction reads the sender's latest event, lock and every window in one
+    statement (issue 21: one GIL hand-over inside the transaction instead of six): over random
+    histories (clocks out of order, several senders, locks, pruning) it reads what one query a
+    window read, at 200 points in time."""
+    import random
+
+    from postwarden.store.rates import _snapshot
+
+    db = tmp_path / "p.db"
+    migrate(open_db(db))
+    store = RateStore(db)
+    rnd = random.Random(21)
+    base = NOW.timestamp()
+    senders = ["sasl:a", "sasl:b", "local:c"]
+    for i in range(400):
+        who = rnd.choice(senders)
+        at = datetime.fromtimestamp(base - rnd.uniform(0, 2 * 86400), UTC)
+        with store.transaction(who, [60, 3600, 86400], at) as tx:
+            tx.count(rnd.randint(0, 30), f"Q{i}")
+            if rnd.random() < 0.01:
+                tx.lock("10/minute", f"Q{i}")
+    conn = open_db(db).conn
+    conn.execute("DELETE FROM rate_events WHERE time < ?", [base - 1.5 * 86400])
+    checked = 0
+    for _ in range(200):
+        who = rnd.choice([*senders, "sasl:nobody"])
+        now = base - rnd.uniform(-600, 86400)
+        windows = rnd.sample([60, 300, 3600, 86400], rnd.randint(0, 4))
+        assert _snapshot(conn, who, windows, now, True) == _reference_state(
+            conn, who, windows, now
+        ), (who, windows, now)
+        checked += 1
+    assert checked == 200

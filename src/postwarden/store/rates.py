@@ -49,42 +49,59 @@ class RateTransaction:
         )
 
 
-def _latest(conn: sqlite3.Connection, identity: str) -> tuple[float, int, int] | None:
-    row = conn.execute(
-        "SELECT time, cum_msgs, cum_rcpts FROM rate_events WHERE identity = ?"
-        " ORDER BY time DESC, id DESC LIMIT 1",
-        [identity],
-    ).fetchone()
-    return (float(row[0]), int(row[1]), int(row[2])) if row else None
+def _snapshot(
+    conn: sqlite3.Connection, identity: str, windows: list[int], now: float, clamp: bool
+) -> tuple[tuple[float, int, int] | None, float, RateState]:
+    """The sender's latest event, the time its windows end at, and its RateState, read in ONE
+    statement (one sqlite3_step): pymilter threads give up the GIL at every step, and inside
+    the rate transaction each step was a wait for the GIL with the transaction held. `clamp`:
+    the windows end at the later of `now` and the latest event (a transaction's event time)."""
+    ctes = [
+        "latest AS (SELECT time, cum_msgs, cum_rcpts FROM rate_events WHERE identity = :id"
+        " ORDER BY time DESC, id DESC LIMIT 1)",
+        "lk AS (SELECT locked_at, cap, queue_id FROM locks WHERE identity = :id)",
+        "at AS (SELECT "
+        + ("MAX(:now, COALESCE((SELECT time FROM latest), :now))" if clamp else ":now")
+        + " AS t)",
+    ]
+    cols = [
+        "(SELECT time FROM latest)",
+        "(SELECT cum_msgs FROM latest)",
+        "(SELECT cum_rcpts FROM latest)",
+        "(SELECT t FROM at)",
+        "(SELECT locked_at FROM lk)",
+        "(SELECT cap FROM lk)",
+        "(SELECT queue_id FROM lk)",
+    ]
+    args: dict[str, object] = {"id": identity, "now": now}
+    for i, w in enumerate(windows):
+        # The window's first event: the totals just before it are its cum_* less itself.
+        ctes.append(
+            f"w{i} AS (SELECT cum_msgs - 1 AS m, cum_rcpts - rcpts AS r FROM rate_events"
+            f" WHERE identity = :id AND time > (SELECT t FROM at) - :w{i}"
+            " ORDER BY time, id LIMIT 1)"
+        )
+        cols += [f"(SELECT m FROM w{i})", f"(SELECT r FROM w{i})"]
+        args[f"w{i}"] = w
+    row = conn.execute("WITH " + ", ".join(ctes) + " SELECT " + ", ".join(cols), args).fetchone()
+    latest = (float(row[0]), int(row[1]), int(row[2])) if row[0] is not None else None
+    lock = Lock(identity, row[4], row[5], row[6]) if row[4] is not None else None
+    counts = []
+    for i, w in enumerate(windows):
+        first_m, first_r = row[7 + 2 * i], row[8 + 2 * i]
+        if latest is None or first_m is None:
+            counts.append((w, 0, 0))
+        else:
+            counts.append((w, latest[1] - int(first_m), latest[2] - int(first_r)))
+    return latest, float(row[3]), RateState(lock=lock, counts=tuple(counts))
 
 
 def read_state(
-    conn: sqlite3.Connection,
-    identity: str,
-    windows: list[int],
-    now: float,
-    latest: tuple[float, int, int] | None = None,
+    conn: sqlite3.Connection, identity: str, windows: list[int], now: float
 ) -> RateState:
     """The sender's lock and, per window, the messages and recipients counted in it: the
-    running totals now, less the totals just before the window's first event. `latest` is
-    the sender's latest event when the caller has read it already."""
-    row = conn.execute(
-        "SELECT locked_at, cap, queue_id FROM locks WHERE identity = ?", [identity]
-    ).fetchone()
-    lock = Lock(identity, row[0], row[1], row[2]) if row else None
-    latest = latest or _latest(conn, identity)
-    counts = []
-    for w in windows:
-        first = conn.execute(
-            "SELECT cum_msgs - 1, cum_rcpts - rcpts FROM rate_events WHERE identity = ?"
-            " AND time > ? ORDER BY time, id LIMIT 1",
-            [identity, now - w],
-        ).fetchone()
-        if latest is None or first is None:
-            counts.append((w, 0, 0))
-        else:
-            counts.append((w, latest[1] - int(first[0]), latest[2] - int(first[1])))
-    return RateState(lock=lock, counts=tuple(counts))
+    running totals now, less the totals just before the window's first event."""
+    return _snapshot(conn, identity, windows, now, clamp=False)[2]
 
 
 class RateStore:
@@ -136,11 +153,9 @@ class RateStore:
         with self._tx_lock, self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                latest = _latest(conn, identity)
                 # Messages commit in the order they take the lock, which need not be the order
-                # of their clocks: an event never goes before the sender's latest.
-                at = max(now.timestamp(), latest[0]) if latest else now.timestamp()
-                state = read_state(conn, identity, windows, at, latest)
+                # of their clocks: an event never goes before the sender's latest (clamp).
+                latest, at, state = _snapshot(conn, identity, windows, now.timestamp(), True)
                 totals = (latest[1], latest[2]) if latest else (0, 0)
                 yield RateTransaction(conn, identity, at, state, totals)
             except BaseException:
