@@ -143,11 +143,18 @@ class MimeScanner:
             if self.problem:
                 return
         size = len(data)
-        for match in _NEWLINE.finditer(data, at):
+        while at < size:
+            if not self._head and not self._stack[-1].in_headers:
+                # Content, at a line start: skip every line that cannot matter.
+                at = self._skip(data, at, base)
+                if at == size:
+                    return
+            # One line by itself: a header line, a line that may be a boundary, the chunk's
+            # last (partial) line, or one that ends in a CR at the chunk's end.
+            match = _NEWLINE.search(data, at)
+            if match is None:
+                break
             nxt = match.end()
-            # The fast path, nearly every line: content (not headers) that starts in this
-            # chunk and not with "--" and an open multipart's boundary cannot matter; only
-            # the offsets move on.
             if (
                 not self._head
                 and not self._stack[-1].in_headers
@@ -160,20 +167,53 @@ class MimeScanner:
                     )
                 )
             ):
+                # content starting with "--" that is no boundary of an open multipart
                 self._line_start = base + nxt
                 self._prev_newline = nxt - match.start()
                 at = nxt
                 continue
             self._add(data, at, match.start())
-            if match.group() == b"\r" and match.end() == len(data):
+            if match.group() == b"\r" and nxt == size:
                 self._cr = base + match.start()  # a LF in the next chunk makes it one CRLF
                 return
             self._term = match.group()
-            self._line(base + match.end(), base + match.start())
-            at = match.end()
+            self._line(base + nxt, base + match.start())
+            at = nxt
             if self.problem:
                 return
-        self._add(data, at, len(data))
+        self._add(data, at, size)
+
+    def _skip(self, data: bytes, at: int, base: int) -> int:
+        """Content from `at`, a line start: move the offsets past every line that cannot
+        matter, at C speed, and return where the next line that may matter starts (len(data)
+        when none does). Such a line begins with "--" while a multipart is open (it may be a
+        boundary), or is the chunk's last: without a line break, or ending in a CR that may
+        join a LF in the next chunk. Every other content line only moves the offsets on."""
+        size = len(data)
+        if self._delims:
+            if data.startswith(b"--", at):
+                return at
+            # memchr first: most content (base64 above all) has no "-" at all
+            dash = data.find(b"-", at)
+            brk = -1 if dash < 0 else data.find(b"\n--", max(at, dash - 1))
+            if dash >= 0:
+                lone_cr = data.find(b"\r--", max(at, dash - 1), size if brk < 0 else brk)
+                if lone_cr >= 0:
+                    brk = lone_cr
+            if brk >= 0:
+                # data[brk] ends the line before a line that begins with "--"
+                self._line_start = base + brk + 1
+                self._prev_newline = 2 if brk > at and data[brk - 1 : brk + 1] == b"\r\n" else 1
+                return brk + 1
+        # No line up to the chunk's end can matter: skip to after its last line break, but not
+        # a CR last in the chunk (a LF may follow in the next one).
+        stop = size - 1 if data[size - 1] == 13 else size
+        brk = max(data.rfind(b"\n", at, stop), data.rfind(b"\r", at, stop))
+        if brk < 0:
+            return at
+        self._line_start = base + brk + 1
+        self._prev_newline = 2 if brk > at and data[brk - 1 : brk + 1] == b"\r\n" else 1
+        return brk + 1
 
     def close(self) -> None:
         """The end of the body: every open part ends here."""

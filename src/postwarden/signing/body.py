@@ -38,11 +38,20 @@ class RelaxedBodyHasher:
             return
         # A CR at the very end may pair with an LF in the next chunk: it stays in _rest.
         lines, self._rest = data[: cut + 2], data[cut + 2 :]
-        # A substring test runs at C speed: most chunks (base64, plain prose) need no regex.
-        if b" \r\n" in lines or b"\t\r\n" in lines:
-            lines = _TRAILING_WSP.sub(CRLF, lines)
-        if b"\t" in lines or b"  " in lines:
-            lines = _WSP.sub(b" ", lines)
+        # Substring tests run at C speed: most chunks (base64, plain prose) need no regex. Each
+        # looks only from the first to the last space or tab (memchr finds them): a base64
+        # chunk has none, a message's prose and part headers are a small part of a big one.
+        first_sp, first_tab = lines.find(b" "), lines.find(b"\t")
+        if first_sp >= 0 or first_tab >= 0:
+            last_sp, last_tab = lines.rfind(b" "), lines.rfind(b"\t")
+            if (first_sp >= 0 and lines.find(b" \r\n", first_sp, last_sp + 3) >= 0) or (
+                first_tab >= 0 and lines.find(b"\t\r\n", first_tab, last_tab + 3) >= 0
+            ):
+                lines = _TRAILING_WSP.sub(CRLF, lines)
+                first_sp, last_sp = lines.find(b" "), lines.rfind(b" ")
+                first_tab = lines.find(b"\t")
+            if first_tab >= 0 or (first_sp >= 0 and lines.find(b"  ", first_sp, last_sp + 1) >= 0):
+                lines = _WSP.sub(b" ", lines)
         end = len(lines)
         while end >= 2 and lines[end - 2 : end] == CRLF:
             end -= 2
@@ -52,7 +61,10 @@ class RelaxedBodyHasher:
         if end == 0:
             self._empty_lines += trailing_empty
             return
-        self._emit(CRLF * self._empty_lines + lines[:end] + CRLF)
+        if self._empty_lines:
+            self._emit(CRLF * self._empty_lines)
+        # lines[:end] and its CRLF, without a copy when that is all of it
+        self._emit(lines if end + 2 == len(lines) else lines[: end + 2])
         self._empty_lines = trailing_empty - 1
 
     def _finish(self) -> None:
