@@ -150,11 +150,11 @@ def test_depth_up_to_the_bound_is_fine_and_one_more_is_refused(kind: str) -> Non
 def test_very_deep_mime_is_refused_fast_without_recursion(depth: int) -> None:
     for kind in ("multipart", "message"):
         headers, body = nested(depth, kind)
-        started = time.perf_counter()
+        started = time.process_time()
         assert "nested more than" in mime_problem(headers, body)
         with pytest.raises(MimeTooDeep):  # never RecursionError
             wrap_bare_html(headers, body)
-        assert time.perf_counter() - started < 1.0
+        assert time.process_time() - started < 1.0
 
 
 def test_digest_parts_default_to_message_rfc822_and_count() -> None:
@@ -206,6 +206,6 @@ def test_huge_bodies_are_read_in_linear_time() -> None:
 
 def test_a_content_type_of_many_short_continuation_lines_is_linear() -> None:
     body = b"--b\r\nContent-Type: text/plain;" + b"\r\n a" * 4000 + b"\r\n\r\nx\r\n--b--\r\n"
-    started = time.perf_counter()
+    started = time.process_time()
     mime_problem([("Content-Type", 'multipart/mixed; boundary="b"')], body)
-    assert time.perf_counter() - started < 0.5
+    assert time.process_time() - started < 0.5
