@@ -43,6 +43,7 @@ CODES = {
     "sender_not_allowed": "the sender may not send as the Sender, Resent-From or Resent-Sender address.",
     "sender_misaligned": "the envelope sender's domain does not align with the Sender, Resent-From or Resent-Sender domain.",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 # Shown by mail readers beside or instead of From ("ceo@example.com on behalf of Alice"): held
 # to From's rules, each copy (decisions.md, check 3).
 FROM_LIKE = ("Sender", "Resent-From", "Resent-Sender")
@@ -56,7 +57,7 @@ def aligned(envelope_domain: str, from_domain: str, mode: str) -> bool:
     return (_PSL.privatesuffix(envelope_domain) or envelope_domain) == org
 
 
-@register(NAME, order=30, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=30, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     facts, frm = ctx.facts, ctx.header_from
     if ctx.outbound_rule is None or frm.problem:
