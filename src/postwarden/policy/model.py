@@ -292,7 +292,16 @@ class Verdict:
         return tuple(r for r in self.reasons if r.action == self.action)
 
     def of(self, kind: type[E]) -> list[E]:
-        return [e for e in self.effects if isinstance(e, kind)]
+        """The effects of one kind, in plan order (asked about twenty times per message by
+        milter/effects.py and the decision row: worked out once per kind)."""
+        hit = self._of_kind.get(kind)
+        if hit is None:
+            hit = self._of_kind[kind] = tuple(e for e in self.effects if isinstance(e, kind))
+        return list(hit)  # type: ignore[arg-type]
+
+    @cached_property
+    def _of_kind(self) -> dict[type, tuple[object, ...]]:
+        return {}
 
     @property
     def edits(self) -> tuple[HeaderEdit, ...]:
