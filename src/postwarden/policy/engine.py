@@ -3,6 +3,10 @@
 Pure: no I/O, no clock, no DNS. Time comes in as `now`, the sender's counts and lock as `rate`
 (read by the caller in the transaction that will record the message). The verdict is a plan:
 the action and the typed effects it needs, which milter/effects.py applies in a fixed order.
+
+milter/effects.py decides an outbound message twice: without the sender's counts (to sign
+outside the rate transaction), then inside the transaction with them. The second call passes
+the first verdict as `earlier`, and only the checks whose READS name the rate state run again.
 """
 
 from __future__ import annotations
@@ -208,7 +212,7 @@ def evaluate(
             changed = changed or got != old
         found[check.name] = got
         reasons.extend(got)
-        if any(x.final for x in got):
+        if got and any(x.final for x in got):
             break
     ctx._reader, ctx._rate, ctx._prior = "", None, None
     ours = r.outbound and not facts.system_notice
