@@ -295,7 +295,9 @@ def carry_out(
                 state = dc_replace(
                     state, warmup_today=day, warmup=pacing.warmup_state(_sqlite(tx).conn, day)
                 )
-            verdict = evaluate(facts, policy, now, state, r)
+            # Only the checks that read the sender's counts and lock (their READS) run again:
+            # the others' reasons are the first run's, over the same facts, policy and time.
+            verdict = evaluate(facts, policy, now, state, r, earlier=early)
             same = _same_work(early, verdict)
             if early_failure is not None and same:
                 raise StepFailed(verdict, early_failure.step, early_failure.cause)

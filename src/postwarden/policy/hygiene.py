@@ -41,10 +41,13 @@ def header_edits(
         copies = len(facts.header_values(name))
         # Highest index first: Postfix renumbers the later copies after each deletion.
         edits += [HeaderEdit("remove", name, i) for i in range(copies, 0, -1)]
-    present = {k.lower() for k, _ in facts.headers}
-    if "Date" in policy.headers.add_missing and "date" not in present:
+    if "Date" in policy.headers.add_missing and not facts.has_header("date"):
         edits.append(HeaderEdit("add", "Date", value=format_datetime(now)))
-    if "Message-ID" in policy.headers.add_missing and "message-id" not in present and from_domain:
+    if (
+        "Message-ID" in policy.headers.add_missing
+        and not facts.has_header("message-id")
+        and from_domain
+    ):
         # Unique without a random source: the queue id and the time, or a digest of the facts.
         token = facts.queue_id or hashlib.sha256(repr(facts).encode()).hexdigest()[:16]
         edits.append(

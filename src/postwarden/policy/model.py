@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal, TypeVar
 
 E = TypeVar("E")
@@ -65,8 +66,20 @@ class Facts:
     tag_key: str = field(default="", repr=False)
 
     def header_values(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for k, v in self.headers if k.lower() == lname]
+        """Every value of header `name` (any case), in order."""
+        return list(self._by_name.get(name.lower(), ()))
+
+    def has_header(self, name: str) -> bool:
+        return name.lower() in self._by_name
+
+    @cached_property
+    def _by_name(self) -> dict[str, tuple[str, ...]]:
+        """The headers by lower-cased name, built once per Facts (not a field: no part of
+        ==, repr or replace(); a replaced Facts builds its own)."""
+        index: dict[str, list[str]] = {}
+        for k, v in self.headers:
+            index.setdefault(k.lower(), []).append(v)
+        return {k: tuple(v) for k, v in index.items()}
 
 
 # ---- the plan: typed effects, applied in a fixed order by milter/effects.py --------------------
@@ -270,12 +283,25 @@ class Verdict:
     error: str = ""
     step: str = ""  # the step of the plan that failed (STEPS), or "decide"
     stream: str = ""  # outbound mail: "bulk" or "transactional" (streams.md)
+    # What evaluate() worked out on the way (engine.Evaluation), so that evaluating the same
+    # message again with other rate state (evaluate(..., earlier=this)) runs only the checks
+    # that read it. No part of the decision: not compared, not shown.
+    work: object = field(default=None, compare=False, repr=False)
 
     def deciding_reasons(self) -> tuple[Reason, ...]:
         return tuple(r for r in self.reasons if r.action == self.action)
 
     def of(self, kind: type[E]) -> list[E]:
-        return [e for e in self.effects if isinstance(e, kind)]
+        """The effects of one kind, in plan order (asked about twenty times per message by
+        milter/effects.py and the decision row: worked out once per kind)."""
+        hit = self._of_kind.get(kind)
+        if hit is None:
+            hit = self._of_kind[kind] = tuple(e for e in self.effects if isinstance(e, kind))
+        return list(hit)  # type: ignore[arg-type]
+
+    @cached_property
+    def _of_kind(self) -> dict[type, tuple[object, ...]]:
+        return {}
 
     @property
     def edits(self) -> tuple[HeaderEdit, ...]:

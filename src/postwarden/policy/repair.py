@@ -351,6 +351,14 @@ def repair_headers(
 ) -> Repairs:
     """Repair what can be repaired (when `enabled`), and name what cannot. Headers in `skip`
     (they are removed before signing) are neither repaired nor judged."""
+    headers = tuple(headers)
+    if all(
+        len(name) + 2 + len(value) <= MAX_LINE and name.isascii() and value.isascii()
+        for name, value in headers
+    ):
+        # Nothing to encode, no line to fold, whatever `smtputf8`, `enabled` and `skip` say:
+        # most mail, in one pass without the per-header bookkeeping below.
+        return Repairs(tuple(headers))
     skipped = {s.lower() for s in skip}
     out: list[tuple[str, str]] = []
     changes: list[Change] = []

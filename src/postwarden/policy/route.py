@@ -153,8 +153,28 @@ def _merge(base: list[str], override: list[str] | None) -> list[str]:
     return [spec for spec in base if parse_rate(spec)[1] not in windows] + list(override)
 
 
+# caps_for's answers, per policy object and identity: a message asks twice (MAIL FROM and
+# end-of-message), and every message of a sender asks the same. The policy itself is kept with
+# each answer and compared by identity (a reloaded policy is another object, never confused
+# with the old one by a reused id()); bounded, so a flood of identities cannot grow it.
+_CAPS: dict[tuple[int, str], tuple[Policy, Caps]] = {}
+CAPS_CACHED = 4096
+
+
 def caps_for(identity: str, policy: Policy) -> Caps:
     """The caps of an identity, from the identity alone (see the module text)."""
+    key = (id(policy), identity)
+    hit = _CAPS.get(key)
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    caps = _caps_for(identity, policy)
+    if len(_CAPS) >= CAPS_CACHED:
+        _CAPS.clear()
+    _CAPS[key] = (policy, caps)
+    return caps
+
+
+def _caps_for(identity: str, policy: Policy) -> Caps:
     kind, _, rest = identity.partition(":")
     messages, recipients = list(policy.rate.messages), list(policy.rate.recipients)
     if kind == "sasl":

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, object] = {
 CODES = {
     "no_one_click": "bulk mail without RFC 8058 one-click unsubscribe; the text names what is missing.",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 _URI = re.compile(r"<([^>]*)>")
 
 
@@ -53,13 +54,13 @@ def why_bulk(ctx: Context) -> str:
     return ""
 
 
-@register(NAME, order=35, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=35, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.hosted_domain is None:
         return
     if not ctx.policy.bulk.require_one_click_unsubscribe:
         return
-    reason = why_bulk(ctx)
+    reason = ctx.bulk_reason
     if not reason:
         return
     missing = []

@@ -24,9 +24,10 @@ CODES = {
     "not_hosted": "the header From domain is not one of [domains] (nor a subdomain of one with include_subdomains).",
     "unreadable": "no single From address could be read (missing, repeated or ambiguous From header).",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 
 
-@register(NAME, order=20, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=20, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     action = Action.named(ctx.policy.defaults.unknown_from_domain)
     parsed = ctx.header_from

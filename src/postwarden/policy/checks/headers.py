@@ -42,6 +42,7 @@ CODES = {
     "encoded": "repaired (accept): raw UTF-8 text in this header, sent without SMTPUTF8, was RFC 2047-encoded before signing ([headers].repair).",
     "refolded": "repaired (accept): a line of this header over 998 octets was refolded at whitespace or between addresses before signing ([headers].repair).",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 # The headers RFC 5322 allows at most once (From is judged by from_domain: two are unreadable).
 SINGLE = (
     "Sender",
@@ -61,7 +62,7 @@ REPAIRED = {
 }
 
 
-@register(NAME, order=25, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=25, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.hosted_domain is None:
         return
@@ -70,9 +71,8 @@ def check(ctx: Context) -> Iterator[Reason]:
     if facts.mime_problem:
         # Nothing can be read, wrapped or checked past this: refused, whatever on_violation.
         yield Reason(NAME, "mime", Action.REJECT, facts.mime_problem)
-    present = {k.lower() for k, _ in facts.headers}
     added = {h.lower() for h in rules.add_missing}
-    missing = [h for h in rules.require if h.lower() not in present and h.lower() not in added]
+    missing = [h for h in rules.require if not facts.has_header(h) and h.lower() not in added]
     if missing:
         yield Reason(
             NAME, "missing", action, f"the message has no {', '.join(missing)} header: add it"

@@ -22,9 +22,10 @@ CODES = {
     "inbound": "the message matched no [milter].outbound rule and was passed untouched.",
     "notice": "postwarden's own notice (a lock alert, proven by its HMAC header): passed, never counted or held.",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 
 
-@register(NAME, order=10, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=10, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.facts.system_notice:
         yield Reason(NAME, "notice", Action.ACCEPT, "postwarden's own notice: passed", final=True)

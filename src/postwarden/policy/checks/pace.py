@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from postwarden.policy.checks.bulk import why_bulk
 from postwarden.policy.model import Action, Reason
 from postwarden.policy.registry import register
 
@@ -24,14 +23,15 @@ DEFAULTS: dict[str, object] = {"streams.bulk.pace": ""}
 CODES = {
     "paced": "bulk mail held to be released at [streams.bulk].pace; `quarantine list` shows when it is due.",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 
 
-@register(NAME, order=45, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=45, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     pace = ctx.policy.streams.bulk.pace
     if not pace or ctx.outbound_rule is None or ctx.facts.system_notice:
         return
-    reason = why_bulk(ctx)
+    reason = ctx.bulk_reason
     if not reason:
         return
     yield Reason(

@@ -34,9 +34,11 @@ CODES = {
     "exceeded": "this message would break a cap; it gets [rate].on_exceed.",
     "locked_now": "this message broke a cap and locked the sender ([rate].lock = true); the admins in [rate].notify are mailed.",
 }
+# The sender's counts and lock; and the reasons before it (a refused message uses no allowance).
+READS = frozenset({"rate", "prior"})
 
 
-@register(NAME, order=40, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=40, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.facts.system_notice:
         return

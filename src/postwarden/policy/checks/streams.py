@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from postwarden.policy.checks.bulk import why_bulk
 from postwarden.policy.model import Action, Reason
 from postwarden.policy.registry import register
 
@@ -23,9 +22,10 @@ DEFAULTS: dict[str, object] = {'domains."example.com".streams.bulk': None}
 CODES = {
     "bulk_domain": "bulk mail from a domain whose bulk stream is a subdomain of its own; the text names the subdomain to send it from.",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 
 
-@register(NAME, order=36, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=36, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.hosted_domain is None or ctx.facts.system_notice:
         return
@@ -36,7 +36,7 @@ def check(ctx: Context) -> Iterator[Reason]:
     from_domain = ctx.header_from.domain.lower().rstrip(".")
     if from_domain == wanted:
         return
-    reason = why_bulk(ctx)
+    reason = ctx.bulk_reason
     if not reason:
         return
     yield Reason(

@@ -30,6 +30,7 @@ CODES = {
     "removed": "recipients suppressed for the From domain (a complaint, or added by hand) were removed from the message; the text names them, and the envelope sender is mailed.",
     "all_suppressed": "every recipient is suppressed for the From domain: the message is refused with a text that names them and since when.",
 }
+READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 
 
 def applies(s: Suppression, domain: str) -> bool:
@@ -49,7 +50,7 @@ def rcpt_text(s: Suppression) -> str:
     return f"{why(s)}; remove this address from your list"
 
 
-@register(NAME, order=33, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=33, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     facts = ctx.facts
     if ctx.outbound_rule is None or facts.system_notice or not facts.suppressed:

@@ -27,9 +27,10 @@ DEFAULTS: dict[str, object] = {"warmup": {}, "providers": "gmail, microsoft, yah
 CODES = {
     "paced": "past today's warm-up allowance for a provider group (or behind held mail of it); held and released oldest first as the allowance returns.",
 }
+READS = frozenset({"rate"})  # today's warm-up counts, read in the rate transaction
 
 
-@register(NAME, order=46, codes=CODES, defaults=DEFAULTS)
+@register(NAME, order=46, codes=CODES, defaults=DEFAULTS, reads=READS)
 def check(ctx: Context) -> Iterator[Reason]:
     if ctx.outbound_rule is None or ctx.facts.system_notice or not ctx.policy.warmup:
         return
