@@ -338,7 +338,7 @@ def test_a_signing_failure_tempfails(
     def broken(*a: object) -> None:
         raise ValueError("key unusable")
 
-    monkeypatch.setattr(effects, "sign", broken)
+    monkeypatch.setattr(effects, "sign_all", broken)
     ctx = Ctx()
     ctx.connect()
     assert (

@@ -265,14 +265,14 @@ def test_signing_is_never_done_inside_the_senders_rate_transaction(
 ) -> None:
     """The lock convoy of issue 21: the rate transaction is held for SQL only, never for RSA."""
     rt = _runtime(tmp_path)
-    real = effects.sign
+    real = effects.sign_all
     held: list[bool] = []
 
     def watching(*a: object, **k: object) -> object:
         held.append(rt.rates.write_lock.locked())
         return real(*a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(effects, "sign", watching)
+    monkeypatch.setattr(effects, "sign_all", watching)
     ctx = Ctx()
     ctx.connect()
     for i in range(3):  # the second and third break the 1/minute cap: held, and still signed

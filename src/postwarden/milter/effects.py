@@ -47,7 +47,7 @@ from postwarden.policy.model import (
     WrapHtml,
 )
 from postwarden.policy.route import Route, route
-from postwarden.signing import RelaxedBodyHasher, Signature, sign
+from postwarden.signing import RelaxedBodyHasher, Signature, sign_all
 from postwarden.store import pacing
 from postwarden.store.rates import RateTransaction
 from postwarden.store.shared import RateBackend, RateTx
@@ -153,7 +153,7 @@ def prepare(
                 for n, v in leaving
             ]
             ts = int(now.timestamp())
-            signatures += [sign(headers, body_hash, key, ts) for key in active]
+            signatures += sign_all(headers, body_hash, active, ts)
         return Prepared(edits, new_body, signatures)
     except Exception as exc:
         raise StepFailed(verdict, step, exc) from exc
