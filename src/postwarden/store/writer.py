@@ -44,6 +44,75 @@ BATCH_RETRY_S = (0.2, 1.0, 3.0)  # pauses before a batch the database refused wh
 _STOP = object()
 
 
+# Rows in one multi-row INSERT: under SQLite's oldest bound parameter limit (999).
+MAX_PARAMS = 999
+
+
+class _Insert:
+    """One row for `table`: an Op, and mergeable with the rows after it (_merged)."""
+
+    __slots__ = ("cols", "table", "values")
+
+    def __init__(self, table: str, cols: tuple[str, ...], values: list[Any]) -> None:
+        self.table, self.cols, self.values = table, cols, values
+
+    def __call__(self, db: sqlite_utils.Database) -> None:
+        _insert_rows(db, self.table, self.cols, [self.values])
+
+
+class _Rows:
+    """Several rows for one table: one multi-row INSERT."""
+
+    __slots__ = ("cols", "rows", "table")
+
+    def __init__(self, table: str, cols: tuple[str, ...], rows: list[list[Any]]) -> None:
+        self.table, self.cols, self.rows = table, cols, rows
+
+    def __call__(self, db: sqlite_utils.Database) -> None:
+        _insert_rows(db, self.table, self.cols, self.rows)
+
+
+def _insert_rows(
+    db: sqlite_utils.Database, table: str, cols: tuple[str, ...], rows: list[list[Any]]
+) -> None:
+    one = "(" + ", ".join("?" * len(cols)) + ")"
+    sql = f"INSERT INTO [{table}] ({', '.join(cols)}) VALUES " + ", ".join([one] * len(rows))
+    db.conn.execute(sql, [v for r in rows for v in r])
+
+
+def _merged(batch: list[Op]) -> list[Op]:
+    """The batch with each run of rows for the same table and columns made one multi-row
+    INSERT (in order, at most MAX_PARAMS values each): every statement is a sqlite3_step, and
+    each step gives up the GIL, which under load is a wait for it while the write lock (the
+    rate store's too) is held. One row that cannot be written fails its statement, and the
+    batch is then written one op at a time, as before (_write)."""
+    out: list[Op] = []
+    run: list[_Insert] = []
+
+    def flush() -> None:
+        if not run:
+            return
+        first = run[0]
+        per = max(1, MAX_PARAMS // max(1, len(first.cols)))
+        for i in range(0, len(run), per):
+            out.append(_Rows(first.table, first.cols, [x.values for x in run[i : i + per]]))
+        run.clear()
+
+    for op in batch:
+        if isinstance(op, _Insert) and (
+            not run or (op.table, op.cols) == (run[0].table, run[0].cols)
+        ):
+            run.append(op)
+            continue
+        flush()
+        if isinstance(op, _Insert):
+            run.append(op)
+        else:
+            out.append(op)
+    flush()
+    return out
+
+
 def prune(db: sqlite_utils.Database, retention_days: int, now: datetime) -> int:
     """Delete decisions older than the retention, in chunks so no one transaction is long."""
     cutoff = (now - timedelta(days=retention_days)).isoformat()
@@ -115,14 +184,11 @@ class Writer:
     def insert(self, table: str, row: dict[str, Any], what: str = "") -> None:
         # Plain SQL rather than Table.insert: sqlite-utils commits inside insert, which would
         # turn a batch into one transaction per row.
-        cols = list(row)
-        sql = f"INSERT INTO [{table}] ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        cols = tuple(row)
         values = [readable_value(row[c]) for c in cols]
-
-        def op(db: sqlite_utils.Database) -> None:
-            db.conn.execute(sql, values)
-
-        self.submit(op, what or f"{table} row {row.get('queue_id') or ''}".strip())
+        self.submit(
+            _Insert(table, cols, values), what or f"{table} row {row.get('queue_id') or ''}".strip()
+        )
 
     def submit(self, op: Op, what: str = "a record") -> bool:
         """Queue a write; False (counted, logged) when the queue stayed full QUEUE_WAIT_S."""
@@ -186,7 +252,7 @@ class Writer:
         for pause in (*BATCH_RETRY_S, None):
             try:
                 with self._write_lock, db.conn:
-                    for op in batch:
+                    for op in _merged(batch):
                         op(db)
                 self.written += len(batch)
                 return
