@@ -160,8 +160,13 @@ def test_a_latin1_subject_is_refused_naming_the_subject(stack: Stack) -> None:
     code, text, _ = send(stack, raw)
     assert code == 550
     assert "the Subject header holds bytes that are not UTF-8" in text
-    rows = [r for r in stack.decisions() if "repair-latin1" in str(r["subject"])]
-    assert len(rows) == 1 and rows[0]["action"] == "reject"
+
+    # The writer records the row after the reply (it batches): wait for it, then exactly one.
+    def rows() -> list[dict[str, object]]:
+        return [r for r in stack.decisions() if "repair-latin1" in str(r["subject"])]
+
+    assert stack.sandbox.wait_for(lambda: rows(), 15)
+    assert len(rows()) == 1 and rows()[0]["action"] == "reject"
 
 
 PREPENDED = [

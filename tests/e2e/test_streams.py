@@ -87,7 +87,11 @@ def test_bulk_and_transactional_leave_through_their_own_transports(
         assert helo_of(msg) == sb.myhostname
         results = verify_all(stack, raw)
         assert results and all(results), (msg["Subject"], results)
-    # every decision says its stream
+    # every decision says its stream (the rows waited for: the writer batches)
+    want = {"bulk 0", "form bulk", "reset 0", "form reset"}
+    assert sb.wait_for(
+        lambda: want <= {str(d["subject"]) for d in stack.decisions() if d["outbound"]}, 15
+    )
     rows = [d for d in stack.decisions() if d["outbound"]]
     by_subject = {str(d["subject"]): d["stream"] for d in rows}
     assert by_subject["bulk 0"] == "bulk" and by_subject["form bulk"] == "bulk"
