@@ -40,7 +40,6 @@ BATCH = 200  # rows per commit: short turns on the write lock the rate store sha
 PRUNE_EVERY_S = 3600.0
 PRUNE_CHUNK = 5000
 RESTART_PAUSE_S = 0.5
-COLLECT_S = 0.02  # how long the writer lets rows gather before it writes a batch
 BATCH_RETRY_S = (0.2, 1.0, 3.0)  # pauses before a batch the database refused whole is retried
 _STOP = object()
 
@@ -150,7 +149,6 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stopping = False
-        self._stop_now = threading.Event()  # set at stop: the writer gathers no longer
         self._next_prune = 0.0
         self.written = 0
         self.failed = 0  # rows an exception kept out of the database
@@ -211,7 +209,6 @@ class Writer:
 
     def flush_and_stop(self, timeout: float = 30.0) -> None:
         self._stopping = True
-        self._stop_now.set()
         self._ensure_running()
         try:
             self._queue.put(_STOP, timeout=timeout)
@@ -237,11 +234,6 @@ class Writer:
             stopping = False
             while not stopping:
                 batch = [self._queue.get()]
-                if batch[0] is not _STOP and self._queue.qsize() < BATCH:
-                    # Let a batch gather: under load a wake-up per row took the GIL and the
-                    # write lock (the rate store's too) hundreds of times a second for a row
-                    # each. A row waits COLLECT_S at most; a stop is never delayed.
-                    self._stop_now.wait(COLLECT_S)
                 while len(batch) < BATCH:
                     try:
                         batch.append(self._queue.get_nowait())
