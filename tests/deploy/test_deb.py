@@ -374,11 +374,18 @@ class Decisions:
         return rows[0]
 
     def by_subject_prefix(self, prefix: str) -> dict[str, object]:
-        rows = [r for r in self.rows() if str(r["subject"]).startswith(prefix)]
-        assert len(rows) == 1, rows
-        return rows[0]
+        # The writer records a row after the reply: wait for it, then exactly one.
+        def rows() -> list[dict[str, object]]:
+            return [r for r in self.rows() if str(r["subject"]).startswith(prefix)]
+
+        self.m.sandbox.wait_for(rows, 20)
+        assert len(rows()) == 1, rows()
+        return rows()[0]
 
     def by_subject(self, subject: str) -> dict[str, object]:
-        rows = [r for r in self.rows() if r["subject"] == subject]
-        assert len(rows) == 1, rows
-        return rows[0]
+        def rows() -> list[dict[str, object]]:
+            return [r for r in self.rows() if r["subject"] == subject]
+
+        self.m.sandbox.wait_for(rows, 20)
+        assert len(rows()) == 1, rows()
+        return rows()[0]

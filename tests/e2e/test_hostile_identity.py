@@ -187,6 +187,7 @@ def test_8_deep_mime_is_refused_with_a_5xx_that_says_why(hstack: Stack, depth: i
         msg, "alice@example.com", ["b@remote.test"], login="alice@example.com"
     )
     assert r.code == 550 and "nested more than 32 deep" in r.text, r
+    assert hstack.sandbox.wait_for(lambda: _rows(hstack, f"deep {depth}"), 15)
     [row] = _rows(hstack, f"deep {depth}")
     assert row["action"] == "reject" and row["error"] == ""
 

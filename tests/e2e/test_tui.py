@@ -201,8 +201,10 @@ def test_unlock_with_a_note(tui_stack: Stack) -> None:
 
     run(tui_stack, "senders", script)
     address = "t-unlock@example.com"
-    tui_stack.sandbox.smtp_send(message(from_=address), address, ["x@remote.test"], login=address)
-    assert tui_stack.decisions(sender=who)[-1]["action"] == "accept"
+    r = tui_stack.sandbox.smtp_send(
+        message(from_=address), address, ["x@remote.test"], login=address
+    )
+    assert tui_stack.decision_for(r.queue_id)["action"] == "accept"
 
 
 def test_policy_edit_saves_and_reloads_and_an_invalid_one_is_refused(tui_stack: Stack) -> None:
@@ -257,8 +259,12 @@ def test_policy_edit_saves_and_reloads_and_an_invalid_one_is_refused(tui_stack: 
         tui_stack.sandbox.smtp_send(
             message(from_=address), address, ["x@remote.test"], login=address
         )
-    actions = [d["action"] for d in tui_stack.decisions(sender=f"sasl:{address}")]
-    assert actions == ["accept"] * 4 + ["quarantine"]
+
+    def actions() -> list[object]:
+        return [d["action"] for d in tui_stack.decisions(sender=f"sasl:{address}")]
+
+    tui_stack.sandbox.wait_for(lambda: len(actions()) == 5, 15)  # the writer records after
+    assert actions() == ["accept"] * 4 + ["quarantine"]
 
 
 def test_decisions_screen_is_live(tui_stack: Stack) -> None:
