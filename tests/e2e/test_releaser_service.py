@@ -264,7 +264,10 @@ def test_paced_mail_released_at_the_pace_by_the_root_releaser_beside_an_unprivil
         got = arrivals(bulk, "svc")
         subjects = [s for _, s in got]
         assert len(subjects) == N and len(set(subjects)) == N  # all, none twice
-        assert release_order(stack, "svc") == [f"svc {i:04d}" for i in range(N)]  # in order
+        # In order: released in the order postwarden held them in (pickup may hand sendmail(1)
+        # mail to the milter in another order than it was submitted: CI saw 0000, 0002, 0001).
+        held_order = [str(r["subject"]) for r in sorted(rows, key=lambda r: int(r["id"]))]  # type: ignore[call-overload]
+        assert release_order(stack, "svc") == held_order
         times = [t for t, _ in got]
         assert most_in_any_window(times, WINDOW) <= LIMIT
         assert times[-1] - times[0] >= (N - LIMIT) * WINDOW / LIMIT  # not faster than the pace
