@@ -186,7 +186,7 @@ class PostwardenMilter(Milter.Base):  # type: ignore[misc]
             self._fail("envrcpt", exc)
             return None
         self.rcpt_found[address.lower()] = entries
-        found = next((x for x in entries if x.domain in ("", domain)), None)
+        found = next((x for x in entries if x.applies_to(domain)), None)
         if found is None:
             return None
         log.info("rcpt <%s> refused: suppressed for %s", address, found.domain or "every domain")

@@ -36,6 +36,10 @@ class Suppression:
     since: str  # ISO time
     reason: str
 
+    def applies_to(self, domain: str) -> bool:
+        """Whether it stops mail from `domain` (its own, or every domain's)."""
+        return self.domain in ("", domain.lower())
+
 
 @dataclass(frozen=True)
 class Facts:

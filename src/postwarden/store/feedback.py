@@ -183,7 +183,7 @@ class SuppressionLookup:
     def at_rcpt(self, address: str, domain: str) -> Suppression | None:
         """The suppression that refuses `address` for mail from `domain`, or None."""
         for s in self.for_rcpts([address]):
-            if s.domain in ("", domain.lower()):
+            if s.applies_to(domain):
                 return s
         return None
 
@@ -254,7 +254,7 @@ class LocalSuppressions:
 
     def at_rcpt(self, address: str, domain: str) -> Suppression | None:
         for s in active_for(self.db.conn, [address]):
-            if s.domain in ("", domain.lower()):
+            if s.applies_to(domain):
                 return s
         return None
 

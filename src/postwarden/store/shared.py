@@ -608,7 +608,7 @@ class RedisSuppressions:
         """One round trip: the address's entries, then its scope for `domain` or every one."""
         address = address.lower()
         for s in self._found(address, self.client.hget(SUPPRESSED, address)):
-            if s.domain in ("", domain.lower()):
+            if s.applies_to(domain):
                 return s
         return None
 

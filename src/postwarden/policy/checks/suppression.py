@@ -33,10 +33,6 @@ CODES = {
 READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reasons
 
 
-def applies(s: Suppression, domain: str) -> bool:
-    return s.domain in ("", domain.lower())
-
-
 def why(s: Suppression) -> str:
     scope = f"mail from {s.domain}" if s.domain else "mail from this server"
     return (
@@ -60,7 +56,7 @@ def check(ctx: Context) -> Iterator[Reason]:
     domain = ctx.header_from.domain
     hits: dict[str, Suppression] = {}
     for s in facts.suppressed:
-        if applies(s, domain):
+        if s.applies_to(domain):
             hits.setdefault(s.address.lower(), s)
     removed = [(r, hits[r.lower()]) for r in facts.rcpts if r.lower() in hits]
     if not removed:
