@@ -159,7 +159,7 @@ def test_a_batch_of_rows_is_a_few_multi_row_inserts_in_order(tmp_path: Path) -> 
             )
         row = {c: f"{c}{i}" for c in cols}
         row["queue_id"] = f"Q{i:03d}"
-        batch.append(writer._Insert("decisions", cols, [row[c] for c in cols]))
+        batch.append(writer._Rows("decisions", cols, [[row[c] for c in cols]]))
     merged = writer._merged(batch)
     per = writer.MAX_PARAMS // len(cols)
     assert per < 200  # the test splits runs as well as joining them

@@ -13,6 +13,7 @@ the TUI read them.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -48,20 +49,9 @@ _STOP = object()
 MAX_PARAMS = 999
 
 
-class _Insert:
-    """One row for `table`: an Op, and mergeable with the rows after it (_merged)."""
-
-    __slots__ = ("cols", "table", "values")
-
-    def __init__(self, table: str, cols: tuple[str, ...], values: list[Any]) -> None:
-        self.table, self.cols, self.values = table, cols, values
-
-    def __call__(self, db: sqlite_utils.Database) -> None:
-        _insert_rows(db, self.table, self.cols, [self.values])
-
-
 class _Rows:
-    """Several rows for one table: one multi-row INSERT."""
+    """Rows for one table, written as one multi-row INSERT: an Op. Writer.insert queues one
+    row; _merged joins a run of them."""
 
     __slots__ = ("cols", "rows", "table")
 
@@ -69,15 +59,11 @@ class _Rows:
         self.table, self.cols, self.rows = table, cols, rows
 
     def __call__(self, db: sqlite_utils.Database) -> None:
-        _insert_rows(db, self.table, self.cols, self.rows)
-
-
-def _insert_rows(
-    db: sqlite_utils.Database, table: str, cols: tuple[str, ...], rows: list[list[Any]]
-) -> None:
-    one = "(" + ", ".join("?" * len(cols)) + ")"
-    sql = f"INSERT INTO [{table}] ({', '.join(cols)}) VALUES " + ", ".join([one] * len(rows))
-    db.conn.execute(sql, [v for r in rows for v in r])
+        one = "(" + ", ".join("?" * len(self.cols)) + ")"
+        sql = f"INSERT INTO [{self.table}] ({', '.join(self.cols)}) VALUES " + ", ".join(
+            [one] * len(self.rows)
+        )
+        db.conn.execute(sql, [v for r in self.rows for v in r])
 
 
 def _merged(batch: list[Op]) -> list[Op]:
@@ -87,29 +73,17 @@ def _merged(batch: list[Op]) -> list[Op]:
     rate store's too) is held. One row that cannot be written fails its statement, and the
     batch is then written one op at a time, as before (_write)."""
     out: list[Op] = []
-    run: list[_Insert] = []
-
-    def flush() -> None:
-        if not run:
-            return
-        first = run[0]
-        per = max(1, MAX_PARAMS // max(1, len(first.cols)))
-        for i in range(0, len(run), per):
-            out.append(_Rows(first.table, first.cols, [x.values for x in run[i : i + per]]))
-        run.clear()
-
-    for op in batch:
-        if isinstance(op, _Insert) and (
-            not run or (op.table, op.cols) == (run[0].table, run[0].cols)
-        ):
-            run.append(op)
+    for key, group in itertools.groupby(
+        batch, lambda op: (op.table, op.cols) if isinstance(op, _Rows) else id(op)
+    ):
+        ops = list(group)
+        if not isinstance(key, tuple):
+            out += ops  # any other op, in its place
             continue
-        flush()
-        if isinstance(op, _Insert):
-            run.append(op)
-        else:
-            out.append(op)
-    flush()
+        table, cols = key
+        rows = [r for op in ops if isinstance(op, _Rows) for r in op.rows]
+        per = max(1, MAX_PARAMS // max(1, len(cols)))
+        out += [_Rows(table, cols, rows[i : i + per]) for i in range(0, len(rows), per)]
     return out
 
 
@@ -187,7 +161,7 @@ class Writer:
         cols = tuple(row)
         values = [readable_value(row[c]) for c in cols]
         self.submit(
-            _Insert(table, cols, values), what or f"{table} row {row.get('queue_id') or ''}".strip()
+            _Rows(table, cols, [values]), what or f"{table} row {row.get('queue_id') or ''}".strip()
         )
 
     def submit(self, op: Op, what: str = "a record") -> bool:
