@@ -191,6 +191,49 @@ def test_a_bad_policy_on_reload_keeps_the_last_good_one(stack: Stack) -> None:
         bad.unlink()
 
 
+def test_a_key_only_openssl_s_check_refuses_is_refused_by_the_daemon_on_reload(
+    stack: Stack,
+) -> None:
+    """`postwarden reload` leaves OpenSSL's RSA consistency check (45 ms a key) to the daemon,
+    which runs it on changed key files only: a key that fails it is still refused, exit 78, the
+    file named, and the last good policy kept."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    n = rsa.generate_private_key(65537, 2048).private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        n.p, n.q, n.d, n.dmp1 ^ 2, n.dmq1, n.iqmp, n.public_numbers
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    policies = stack.config.parent / "policies"
+    key = policies / "broken.key"
+    key.write_bytes(
+        broken.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key.chmod(0o600)
+    extra = policies / "30-broken-key.toml"
+    extra.write_text(f'[domains."broken.example"]\nkeys = [{{ selector = "s", file = "{key}" }}]\n')
+    try:
+        res = _postwarden(stack, "reload")
+        assert res.returncode == 78, res
+        assert res.stdout.startswith("refused: ") and f"key file {key}" in res.stdout, res
+        assert "Invalid private key" in res.stdout
+        r = stack.sandbox.smtp_send(
+            message(subject="the last good policy"),
+            "alice@example.com",
+            ["b@remote.test"],
+            login="alice@example.com",
+        )
+        assert r.code == 250
+    finally:
+        extra.unlink()
+        key.unlink()
+    assert _postwarden(stack, "reload").returncode == 0
+
+
 def test_the_daemon_refuses_to_start_on_an_invalid_config(stack: Stack) -> None:
     bad = stack.root / "bad"
     bad.mkdir(exist_ok=True)
