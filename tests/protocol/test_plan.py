@@ -9,11 +9,13 @@ keeps the identity, the direction and the envelope.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import Milter
 import pytest
@@ -397,3 +399,76 @@ def test_a_forged_notice_token_is_no_notice_and_keeps_the_facts(tmp_path: Path) 
     [r] = rows(rt)
     assert r["queue_id"] == "QF" and r["rcpts"] == ["a@r.test"] and r["outbound"] is True
     assert "outbound.notice" not in [f"{x['check']}.{x['code']}" for x in r["reasons"]]  # type: ignore[attr-defined]
+
+
+# ---- what the speed depends on (issue 21): the sender's transaction holds no libmilter call --
+
+
+def _calls_inside_the_transaction(
+    rt: Runtime, ctx: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[str, bool]]:
+    """(what Postfix was told, whether the sender's rate transaction was open), in order."""
+    calls: list[tuple[str, bool]] = []
+    inside = [False]
+    real_tx = rt.rates.transaction
+
+    @contextlib.contextmanager
+    def watched(*a: Any, **k: Any) -> Iterator[Any]:
+        with real_tx(*a, **k) as tx:
+            inside[0] = True
+            try:
+                yield tx
+            finally:
+                inside[0] = False
+
+    monkeypatch.setattr(rt.rates, "transaction", watched)
+    real_add, real_quarantine = ctx.addheader, ctx.quarantine
+
+    def addheader(field: str, value: str, idx: int = -1) -> None:
+        calls.append((field, inside[0]))
+        real_add(field, value, idx)
+
+    def quarantine(reason: str) -> None:
+        calls.append(("quarantine", inside[0]))
+        real_quarantine(reason)
+
+    monkeypatch.setattr(ctx, "addheader", addheader)
+    monkeypatch.setattr(ctx, "quarantine", quarantine)
+    return calls
+
+
+def test_under_on_error_tempfail_postfix_is_told_outside_the_senders_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside it each libmilter call gives up the GIL and waits to get it back with the
+    transaction, and every other sender's, held. Outside it only the hold (or the reply) the
+    counts decide is told inside."""
+    rt = _runtime(tmp_path)  # on_error = tempfail
+    ctx = Ctx()
+    ctx.connect()
+    calls = _calls_inside_the_transaction(rt, ctx, monkeypatch)
+    assert send(ctx, "first", "Q1") == Milter.ACCEPT
+    told = [name for name, _ in calls]
+    assert told.count("DKIM-Signature") == 1 and "X-Postwarden-Stream" in told
+    assert not any(inside for _, inside in calls), calls
+    calls.clear()
+    # The second breaks the 1/minute cap: held, signed as the first; the hold told inside.
+    assert send(ctx, "second", "Q2") == Milter.ACCEPT
+    assert [(n, i) for n, i in calls if i] == [("quarantine", True)], calls
+    assert ("DKIM-Signature", False) in calls
+    first, second = rows(rt)
+    assert (first["action"], second["action"]) == ("accept", "quarantine")
+    assert second["signatures"] and first["error"] == second["error"] == ""
+
+
+def test_under_on_error_accept_all_is_told_inside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the edits were told would have to refuse the message (never signed but
+    uncounted), where on_error = accept lets it leave unsigned: so they wait for the counts."""
+    rt = _runtime(tmp_path, on_error="accept")
+    ctx = Ctx()
+    ctx.connect()
+    calls = _calls_inside_the_transaction(rt, ctx, monkeypatch)
+    assert send(ctx, "first", "Q1") == Milter.ACCEPT
+    assert calls and all(inside for _, inside in calls), calls

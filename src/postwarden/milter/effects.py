@@ -10,6 +10,12 @@ The order (policy.model.STEPS):
 4. commit: the count and the lock become real only now, with the message's outcome final.
 5. notify: the lock notice is mailed once its lock is committed.
 
+With [milter].on_error tempfail (the default) or reject, the part of step 3 that every verdict
+letting the message leave shares (tell_shared: edits, body, signatures, removed recipients,
+stream header) is told before step 2, outside the sender's transaction (_tells_early); only the
+hold or the reply is told inside it. Whatever fails after that refuses the message, so Postfix
+discards what it was told, as it does at steps 3 and 4.
+
 A failure raises `StepFailed`, naming the step; the transaction is rolled back, so the message
 is neither counted nor locked nor notified. `failed_action` says what the message then gets:
 never weaker than its verdict (decisions.md, Actions).
@@ -197,6 +203,15 @@ def _sqlite(tx: RateTx) -> RateTransaction:
 
 def tell_postfix(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
     """Step postfix: what Postfix is told, in the order libmilter needs."""
+    tell_shared(verdict, prepared, io)
+    tell_outcome(verdict, io)
+
+
+def tell_shared(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
+    """Step postfix, the part that depends on the message and not on the sender's counts, so
+    that it is the same for every verdict that lets the message leave (plan()): the edits, the
+    new body, the signatures, the recipients removed, the stream header. A refusal makes
+    Postfix discard it."""
     try:
         _at("postfix")
         for edit in prepared.edits:
@@ -219,6 +234,14 @@ def tell_postfix(verdict: Verdict, prepared: Prepared, io: Postfix) -> None:
         for stream in verdict.of(StreamHeader):
             # After signing, at the end: in no h=; Postfix routes on it and strips it on the way out.
             io.addheader(STREAM_HEADER, stream.stream)
+    except Exception as exc:
+        raise StepFailed(verdict, "postfix", exc) from exc
+
+
+def tell_outcome(verdict: Verdict, io: Postfix) -> None:
+    """Step postfix, the part the sender's counts decide: the hold queue or the reply."""
+    try:
+        _at("postfix")
         for hold in verdict.of(Hold):
             io.quarantine(reply_text(hold.text))
         for reply in verdict.of(Reply):
@@ -286,6 +309,13 @@ def carry_out(
         early_prepared = prepare(early, msg, config.keys, now) if _signs(early) else None
     except StepFailed as exc:
         early_failure = exc  # raised below under the real verdict, which it must not weaken
+    told = False
+    if early_failure is None and _tells_early(early, config):
+        try:
+            tell_shared(early, early_prepared or Prepared([], None, []), io)
+            told = True
+        except StepFailed as exc:
+            early_failure = exc  # as above: raised in the transaction, under the real verdict
     verdict: Verdict | None = None
     try:
         with rates.transaction(r.identity, windows, now) as tx:
@@ -299,14 +329,21 @@ def carry_out(
             # the others' reasons are the first run's, over the same facts, policy and time.
             verdict = evaluate(facts, policy, now, state, r, earlier=early)
             same = _same_work(early, verdict)
-            if early_failure is not None and same:
+            if early_failure is not None and (same or early_failure.step == "postfix"):
                 raise StepFailed(verdict, early_failure.step, early_failure.cause)
+            if told and verdict.action in LEAVES and _shared(early) != _shared(verdict):
+                # plan() makes them equal; were they not, Postfix holds the wrong edits.
+                raise StepFailed(
+                    verdict, "postfix", RuntimeError("told Postfix another plan's edits")
+                )
             if early_prepared is not None and same:
                 prepared = early_prepared
             else:
                 prepared = prepare(verdict, msg, config.keys, now)
             write(verdict, tx, facts.queue_id, day)
-            tell_postfix(verdict, prepared, io)
+            if not told:
+                tell_shared(verdict, prepared, io)
+            tell_outcome(verdict, io)
             _at("commit")
     except StepFailed:
         raise
@@ -317,6 +354,31 @@ def carry_out(
         raise StepFailed(verdict, "commit", exc) from exc
     notify(verdict, notifier, facts.queue_id, now)
     return Outcome(verdict, prepared.signatures)
+
+
+LEAVES = (Action.ACCEPT, Action.QUARANTINE)
+
+
+def _tells_early(early: Verdict, config: Config) -> bool:
+    """Whether the part of the plan every verdict that lets the message leave shares (see
+    tell_shared) is told to Postfix before the sender's rate transaction rather than inside it.
+    Inside, each libmilter call gives up the GIL and waits to get it back with the transaction,
+    and so every other sender's, held: under load most of a decision was that wait. Early, it
+    is safe only where whatever fails afterwards refuses the message anyway, so that Postfix
+    discards what it was told: [milter].on_error tempfail (the default) or reject. With accept
+    or quarantine a failure must leave the message unsigned, so all is told inside."""
+    return early.action in LEAVES and Action.named(config.daemon.milter.on_error) >= Action.TEMPFAIL
+
+
+def _shared(verdict: Verdict) -> tuple[object, ...]:
+    """What tell_shared tells Postfix of a verdict's plan, beside the prepared work."""
+    return (
+        verdict.of(HeaderEdit),
+        bool(verdict.of(WrapHtml)),
+        verdict.of(Sign),
+        verdict.of(RemoveRcpt),
+        verdict.of(StreamHeader),
+    )
 
 
 def _signs(verdict: Verdict) -> bool:
