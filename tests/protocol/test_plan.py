@@ -472,3 +472,63 @@ def test_under_on_error_accept_all_is_told_inside_it(
     calls = _calls_inside_the_transaction(rt, ctx, monkeypatch)
     assert send(ctx, "first", "Q1") == Milter.ACCEPT
     assert calls and all(inside for _, inside in calls), calls
+
+
+REFUSING_CAP = """
+[domains."example.com"]
+keys = [{ selector = "r", file = "r.key" }]
+
+[rate]
+messages = ["100/minute"]
+recipients = ["2/minute"]
+on_exceed = "reject"
+lock = true
+notify = ["postmaster@example.net"]
+"""
+
+
+def test_a_message_whose_recipients_alone_break_a_refusing_cap_locks_its_sender(
+    tmp_path: Path,
+) -> None:
+    """The first evaluation, before the sender's counts are read, already finds the cap broken
+    (3 recipients against 2/minute): its refusal comes from the rate check, so the lock it
+    carries is written in the transaction before its notice goes, not mailed without a lock."""
+    rt = _runtime(tmp_path, policy=REFUSING_CAP)
+    ctx = Ctx()
+    ctx.connect()
+    msg = message(subject="too many", extra="Message-ID: <m@example.com>\r\n")
+    rc = ctx.send(
+        msg, "alice@example.com", "a@r.test", "b@r.test", "c@r.test", login="alice@example.com"
+    )
+    assert rc == Milter.REJECT and "over its cap" in ctx._reply[2]
+    assert [e.identity for e in rt.notifier.events] == ["sasl:alice@example.com"]  # type: ignore[attr-defined]
+    [who] = senders_json(rt)
+    assert who["locked"] is True
+    [r] = rows(rt)
+    assert r["action"] == "reject" and r["error"] == ""
+
+
+def test_a_failed_early_tell_does_not_lose_the_lock_of_a_message_the_counts_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared part is told before the counts are read; when the counts then refuse the
+    message, Postfix discards it anyway, so its failure changes nothing: the refusal stands
+    with its lock and notice."""
+    rt = _runtime(tmp_path, policy=REFUSING_CAP.replace('"2/minute"', '"3/minute"'))
+    ctx = Ctx()
+    ctx.connect()
+    msg = message(subject="one", extra="Message-ID: <m@example.com>\r\n")
+    rcpts = ("a@r.test", "b@r.test")
+    assert ctx.send(msg, "alice@example.com", *rcpts, login="alice@example.com") == Milter.ACCEPT
+
+    def broken(field: str, value: str, idx: int = -1) -> None:
+        raise Milter.error("cannot add header")
+
+    monkeypatch.setattr(ctx, "addheader", broken)
+    # 2 + 2 > 3: the counts refuse it; the early tell of its signature failed meanwhile.
+    rc = ctx.send(msg, "alice@example.com", *rcpts, queue_id="Q2", login="alice@example.com")
+    assert rc == Milter.REJECT
+    assert senders_json(rt)[0]["locked"] is True
+    assert [e.identity for e in rt.notifier.events] == ["sasl:alice@example.com"]  # type: ignore[attr-defined]
+    _, refused = rows(rt)
+    assert refused["action"] == "reject" and refused["error"] == ""

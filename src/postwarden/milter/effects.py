@@ -52,6 +52,7 @@ from postwarden.policy.model import (
     WarmupCount,
     WrapHtml,
 )
+from postwarden.policy.registry import ordered
 from postwarden.policy.route import Route, route
 from postwarden.signing import RelaxedBodyHasher, Signature, sign_all
 from postwarden.store import pacing
@@ -296,10 +297,12 @@ def carry_out(
     # The transaction, one at a time in this process, then holds its lock for microseconds of
     # SQL instead of milliseconds of RSA.
     early = evaluate(facts, policy, now, None, r)
-    if early.action >= Action.TEMPFAIL:
+    if early.action >= Action.TEMPFAIL and not _counts_spoke(early):
         # Refused by a check before the rate check, which then never runs: final, with
         # nothing to count or lock, so the sender's store is not even asked (its failure
-        # cannot turn a refusal into on_error).
+        # cannot turn a refusal into on_error). A refusal the rate check itself gave on no
+        # counts at all (the recipients alone break a cap) carries a lock: the transaction
+        # below writes it before its notice goes.
         tell_postfix(early, prepare(early, msg, config.keys, now), io)
         notify(early, notifier, facts.queue_id, now)
         return Outcome(early)
@@ -329,7 +332,11 @@ def carry_out(
             # the others' reasons are the first run's, over the same facts, policy and time.
             verdict = evaluate(facts, policy, now, state, r, earlier=early)
             same = _same_work(early, verdict)
-            if early_failure is not None and (same or early_failure.step == "postfix"):
+            if early_failure is not None and (
+                same or (early_failure.step == "postfix" and verdict.action in LEAVES)
+            ):
+                # (A refusal makes Postfix discard what it was told, told or not: its lock
+                # and notice stand.)
                 raise StepFailed(verdict, early_failure.step, early_failure.cause)
             if told and verdict.action in LEAVES and _shared(early) != _shared(verdict):
                 # plan() makes them equal; were they not, Postfix holds the wrong edits.
@@ -368,6 +375,15 @@ def _tells_early(early: Verdict, config: Config) -> bool:
     discards what it was told: [milter].on_error tempfail (the default) or reject. With accept
     or quarantine a failure must leave the message unsigned, so all is told inside."""
     return early.action in LEAVES and Action.named(config.daemon.milter.on_error) >= Action.TEMPFAIL
+
+
+# The checks that read the sender's counts and lock (their READS): their reasons in the first
+# evaluation, made before the counts are read, are not final.
+_COUNTING = frozenset(c.name for c in ordered() if "rate" in c.reads)
+
+
+def _counts_spoke(verdict: Verdict) -> bool:
+    return any(reason.check in _COUNTING for reason in verdict.reasons)
 
 
 def _shared(verdict: Verdict) -> tuple[object, ...]:
