@@ -7,6 +7,7 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -306,3 +307,211 @@ def test_the_one_statement_read_equals_a_query_a_window(tmp_path: Path) -> None:
         ), (who, windows, now)
         checked += 1
     assert checked == 200
+
+
+# ---- group commit (issue 21): messages that queue for the rate lock share one transaction ----
+
+
+def _store(tmp_path: Path) -> tuple[RateStore, Path]:
+    db = tmp_path / "p.db"
+    migrate(open_db(db))
+    return RateStore(db), db
+
+
+def _events(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:  # another connection: what is committed
+        return int(conn.execute("SELECT COUNT(*) FROM rate_events").fetchone()[0])
+
+
+def _wait_queued(store: RateStore, n: int) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    while store._queued < n:
+        assert datetime.now(UTC) < deadline, "the other threads never queued"
+        threading.Event().wait(0.001)
+
+
+def test_messages_queued_behind_one_share_its_commit_and_stay_exact(tmp_path: Path) -> None:
+    """20 threads, one sender, a cap of 15: the first holds its transaction until the other 19
+    queue for the lock; they then join it 8 at a time. Exactly 15 are counted, fewer commits
+    than messages are made, and every count is committed when its transaction returns."""
+    store, db = _store(tmp_path)
+    results: list[tuple[bool, int]] = []
+    go = threading.Event()
+
+    def one(first: bool) -> None:
+        with store.transaction("sasl:x", [60], datetime.now(UTC)) as tx:
+            if first:
+                go.set()
+                _wait_queued(store, 19)
+            ok = tx.state.in_window(60)[0] < 15
+            if ok:
+                tx.count(1, "Q")
+        results.append((ok, _events(db)))  # committed by the time it returns
+
+    first = threading.Thread(target=one, args=(True,), daemon=True)
+    first.start()
+    go.wait(10)
+    others = [threading.Thread(target=one, args=(False,), daemon=True) for _ in range(19)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(30)
+    assert sum(ok for ok, _ in results) == 15 and _events(db) == 15
+    # Each saw at least its own count committed (the ones after the cap: the 15 before it).
+    n_counted = 0
+    for ok, seen in sorted(results, key=lambda r: r[1]):
+        n_counted += ok
+        assert seen >= min(n_counted, 15)
+    assert 2 <= store.commits < 20  # 1 + 19 joining 8 at a time: 3 commits, give or take
+
+
+def _two_in_one_group(
+    store: RateStore, second_writes: bool, sqlite_ends_it: bool = False
+) -> tuple[BaseException | None, BaseException | None]:
+    """A holds its transaction (counted) until B queues; B joins the group, counts if
+    `second_writes`, then fails (after SQLite rolled the transaction back by itself, as on
+    a full disk, if `sqlite_ends_it`). Returns what each got."""
+    got: dict[str, BaseException | None] = {"A": None, "B": None}
+    a_in = threading.Event()
+
+    def a() -> None:
+        try:
+            with store.transaction("sasl:a", [60], datetime.now(UTC)) as tx:
+                tx.count(1, "QA")
+                a_in.set()
+                _wait_queued(store, 1)
+        except BaseException as exc:  # noqa: BLE001  (what A got is the test's result)
+            got["A"] = exc
+
+    def b() -> None:
+        try:
+            with store.transaction("sasl:b", [60], datetime.now(UTC)) as tx:
+                if second_writes:
+                    tx.count(1, "QB")
+                if sqlite_ends_it:
+                    tx.conn.execute("ROLLBACK")
+                    return  # as if nothing had failed: the commit finds no transaction
+                raise RuntimeError("B failed")
+        except BaseException as exc:  # noqa: BLE001
+            got["B"] = exc
+
+    ta = threading.Thread(target=a, daemon=True)
+    ta.start()
+    a_in.wait(10)
+    tb = threading.Thread(target=b, daemon=True)
+    tb.start()
+    ta.join(10)
+    tb.join(10)
+    return got["A"], got["B"]
+
+
+def test_a_message_failing_after_its_writes_rolls_back_the_group_and_fails_all_of_it(
+    tmp_path: Path,
+) -> None:
+    """Its writes cannot be taken back alone: nothing of the group is counted, and A, whose
+    transaction had gone well, is told its commit failed (the milter tempfails it)."""
+    from postwarden.store.rates import RateCommitFailed
+
+    store, db = _store(tmp_path)
+    a, b = _two_in_one_group(store, second_writes=True)
+    assert isinstance(b, RuntimeError) and isinstance(a, RateCommitFailed)
+    assert _events(db) == 0 and store.commits == 0
+    # The store serves on: a new group.
+    with store.transaction("sasl:c", [60], datetime.now(UTC)) as tx:
+        tx.count(1, "QC")
+    assert _events(db) == 1
+
+
+def test_a_message_failing_before_any_write_leaves_the_group_alone(tmp_path: Path) -> None:
+    """A failure before any write (a signing failure raised under the real verdict, a
+    refusal's reply that could not be given) costs the others nothing."""
+    store, db = _store(tmp_path)
+    a, b = _two_in_one_group(store, second_writes=False)
+    assert isinstance(b, RuntimeError) and a is None
+    assert _events(db) == 1 and store.commits == 1
+
+
+def test_the_decision_writer_commits_an_open_group_before_its_batch(tmp_path: Path) -> None:
+    """SQLite has one write lock: the writer's turn commits the group the rate transactions
+    left open (its messages wait for that commit), instead of waiting out the busy timeout."""
+    store, db = _store(tmp_path)
+    done = threading.Event()
+
+    def a() -> None:
+        with store.transaction("sasl:a", [60], datetime.now(UTC)) as tx:
+            tx.count(1, "QA")
+            store._queued += 1  # as if another message queued: the group stays open
+        done.set()
+
+    t = threading.Thread(target=a, daemon=True)
+    t.start()
+    assert not done.wait(0.3) and _events(db) == 0  # waiting for the group's commit
+    store._queued -= 1
+    with store.write_lock:
+        assert _events(db) == 1
+    assert done.wait(5)
+    t.join(5)
+
+
+def test_a_group_sqlite_ended_by_itself_is_never_joined(tmp_path: Path) -> None:
+    """SQLite may roll a transaction back by itself (disk full, I/O error). A and B, in it,
+    fail; C, queued behind them, must not write into the ended group (its row would be
+    committed at once, outside any transaction, for a message told its commit failed): it
+    starts a transaction of its own. What is counted is exactly what succeeded."""
+    from postwarden.store.rates import RateCommitFailed
+
+    store, db = _store(tmp_path)
+    got: dict[str, BaseException | None] = {}
+    a_in, b_in = threading.Event(), threading.Event()
+
+    def run(name: str, body: Any) -> None:
+        try:
+            with store.transaction(f"sasl:{name}", [60], datetime.now(UTC)) as tx:
+                body(tx)
+            got[name] = None
+        except BaseException as exc:  # noqa: BLE001  (what each got is the test's result)
+            got[name] = exc
+
+    def a(tx: Any) -> None:
+        tx.count(1, "QA")
+        a_in.set()
+        _wait_queued(store, 1)
+
+    def b(tx: Any) -> None:
+        tx.conn.execute("ROLLBACK")  # what SQLite does by itself on SQLITE_FULL
+        b_in.set()
+        _wait_queued(store, 1)
+
+    def c(tx: Any) -> None:
+        tx.count(1, "QC")
+
+    threads = []
+    for name, body, after in (("a", a, a_in), ("b", b, b_in), ("c", c, None)):
+        t = threading.Thread(target=run, args=(name, body), daemon=True)
+        t.start()
+        threads.append(t)
+        if after is not None:
+            assert after.wait(10)
+    for t in threads:
+        t.join(10)
+    assert isinstance(got["a"], RateCommitFailed) and isinstance(got["b"], RateCommitFailed)
+    assert got["c"] is None and _events(db) == 1  # C's, in a transaction of its own
+
+
+def test_the_daemon_s_writer_and_milter_share_one_rate_store(tmp_path: Path) -> None:
+    """The writer's turn must be the milter's lock: with a RateStore each, its batches waited
+    in SQLite's busy handler behind the milter's transactions."""
+    import signal
+
+    from postwarden.config import load_config
+    from postwarden.milter.daemon import HANDLED_SIGNALS, Daemon
+    from tests.helpers import write_config
+
+    daemon = Daemon(load_config(write_config(tmp_path)))
+    try:
+        assert daemon.writer._write_lock.store is daemon.runtime.rates  # type: ignore[attr-defined]
+    finally:
+        daemon.writer.flush_and_stop()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)  # Daemon() blocks them

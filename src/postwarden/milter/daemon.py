@@ -45,7 +45,6 @@ from postwarden.store.shared import (
     RedisUsedTokens,
     SharedConfigError,
     SharedUnavailable,
-    open_rates,
     open_shared,
 )
 from postwarden.store.writer import Writer
@@ -105,6 +104,9 @@ class Daemon:
         # signals; run() unblocks them in the main thread alone, once its handlers are set.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.config = config
+        # The one RateStore of the process: the writer takes its write lock, so a batch and a
+        # rate transaction (or a group of them: rates.py) hand over without SQLite's busy
+        # handler. (A second RateStore for the milter left the writer's lock unshared.)
         rates = RateStore(config.daemon.store.database)
         self.writer = Writer(
             config.daemon.store.database, config.daemon.store.retention_days, rates.write_lock
@@ -119,7 +121,7 @@ class Daemon:
         self.runtime = Runtime(
             config=config,
             writer=self.writer,
-            rates=shared if shared is not None else open_rates(config.daemon.store),
+            rates=shared if shared is not None else rates,
             notifier=Notifier(
                 config.daemon.postfix.config_directory,
                 config.policy.rate.notify,

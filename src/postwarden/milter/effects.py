@@ -4,17 +4,18 @@ The order (policy.model.STEPS):
 
 1. edit, wrap, sign: computed in memory only (the headers as they will leave, the wrapped body,
    the signatures). Postfix has been told nothing yet.
-2. count, lock: written in the sender's rate transaction, not yet committed.
-3. postfix: header removals and additions, the new body, the DKIM-Signature headers, the hold
-   queue or the reply: what Postfix is told.
+2. postfix: header removals and additions, the new body, the DKIM-Signature headers, the hold
+   queue or the reply: what Postfix is told, in the sender's rate transaction, before its
+   writes (a message that fails here has written nothing: store/rates.py's group commit).
+3. count, lock: written in the sender's rate transaction, not yet committed.
 4. commit: the count and the lock become real only now, with the message's outcome final.
 5. notify: the lock notice is mailed once its lock is committed.
 
-With [milter].on_error tempfail (the default) or reject, the part of step 3 that every verdict
+With [milter].on_error tempfail (the default) or reject, the part of step 2 that every verdict
 letting the message leave shares (tell_shared: edits, body, signatures, removed recipients,
-stream header) is told before step 2, outside the sender's transaction (_tells_early); only the
-hold or the reply is told inside it. Whatever fails after that refuses the message, so Postfix
-discards what it was told, as it does at steps 3 and 4.
+stream header) is told before the sender's transaction opens (_tells_early); only the hold or
+the reply is told inside it. Whatever fails after that, up to the commit, refuses the message,
+so Postfix discards what it was told, as it does after a failure at steps 2 to 4.
 
 A failure raises `StepFailed`, naming the step; the transaction is rolled back, so the message
 is neither counted nor locked nor notified. `failed_action` says what the message then gets:
@@ -172,6 +173,12 @@ def write(verdict: Verdict, tx: RateTx | None, queue_id: str, day: str = "") -> 
     step = "count"
     try:
         _at(step)
+        if tx is not None and (bool(verdict.of(WarmupCount)) or bool(verdict.of(Schedule))):
+            # What can refuse the writes, before any: a failure after one rolls back the
+            # transaction this message shares with others (store/rates.py's group commit).
+            _sqlite(tx)
+            if verdict.of(Schedule) and not queue_id:
+                raise RuntimeError("a paced message without a queue id cannot be scheduled")
         if tx is not None:
             for c in verdict.of(Count):
                 tx.count(c.rcpts, queue_id)
@@ -184,8 +191,6 @@ def write(verdict: Verdict, tx: RateTx | None, queue_id: str, day: str = "") -> 
             for wc in verdict.of(WarmupCount):
                 pacing.add_warmup(_sqlite(tx).conn, day, wc.charges)
             for sc in verdict.of(Schedule):
-                if not queue_id:
-                    raise RuntimeError("a paced message without a queue id cannot be scheduled")
                 local = _sqlite(tx)
                 pacing.enqueue(
                     local.conn, queue_id, local.now, verdict.identity, sc.pace, sc.charges
@@ -347,10 +352,12 @@ def carry_out(
                 prepared = early_prepared
             else:
                 prepared = prepare(verdict, msg, config.keys, now)
-            write(verdict, tx, facts.queue_id, day)
+            # Postfix is told before the writes: a message that fails here has written
+            # nothing, and leaves the transaction it shares with others alone (rates.py).
             if not told:
                 tell_shared(verdict, prepared, io)
             tell_outcome(verdict, io)
+            write(verdict, tx, facts.queue_id, day)
             _at("commit")
     except StepFailed:
         raise

@@ -219,8 +219,8 @@ Effect = (
 )
 
 # The order effects are applied in (milter/effects.py): everything that only computes first,
-# then the store's writes (uncommitted), then what Postfix is told, then the commit, then mail.
-STEPS = ("edit", "wrap", "sign", "count", "lock", "postfix", "commit", "notify")
+# then what Postfix is told, then the store's writes (uncommitted), then the commit, then mail.
+STEPS = ("edit", "wrap", "sign", "postfix", "count", "lock", "commit", "notify")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,12 @@ class Writer:
         self,
         path: str | Path,
         retention_days: int,
-        write_lock: threading.Lock | None = None,
+        write_lock: AbstractContextManager[object] | None = None,
     ) -> None:
         self.path = Path(path)
         # Shared with the rate store (RateStore.write_lock): a batch and a rate transaction
         # take turns on a Python lock instead of one sleeping in SQLite's busy handler.
-        self._write_lock = write_lock or threading.Lock()
+        self._write_lock: AbstractContextManager[object] = write_lock or threading.Lock()
         self.retention_days = retention_days
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
         self._thread: threading.Thread | None = None
