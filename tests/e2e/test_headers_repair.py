@@ -126,8 +126,14 @@ def test_raw_utf8_subject_and_display_name_arrive_encoded_reading_the_same(stack
     row = stack.decision_for(qid)
     assert row["action"] == "accept"
     assert reason_keys(row) == ["headers.encoded"] * 3  # From, To and Subject
-    log = stack.sandbox.milter_log.read_text()
-    assert any(qid in line and "headers.encoded" in line for line in log.splitlines())
+    # The log is written by its own thread: the line may follow the reply by a moment.
+    assert stack.sandbox.wait_for(
+        lambda: any(
+            qid in line and "headers.encoded" in line
+            for line in stack.sandbox.milter_log.read_text().splitlines()
+        ),
+        10,
+    )
     # The TUI's decision view shows each repair (the row read back from the real database).
     shown = decision_detail(row).plain
     for header in ("From", "To", "Subject"):

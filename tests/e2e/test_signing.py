@@ -177,7 +177,10 @@ def test_decision_rows_record_the_signatures(signing_stack: Stack) -> None:
         ("example.com", "ed2026", "ed25519-sha256"),
         ("example.com", "rsa2026", "rsa-sha256"),
     ]
-    assert "signed=example.com/" in signing_stack.sandbox.milter_log.read_text()
+    # The log is written by its own thread: the line may follow the reply by a moment.
+    assert signing_stack.sandbox.wait_for(
+        lambda: "signed=example.com/" in signing_stack.sandbox.milter_log.read_text(), 10
+    )
 
 
 def test_rejected_and_inbound_mail_is_not_signed(signing_stack: Stack) -> None:

@@ -12,11 +12,13 @@ SIGHUP and SIGINT wait for the messages in hand ([milter].timeout at most), then
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import grp
 import logging
 import logging.handlers
 import os
+import queue
 import signal
 import socket
 import sys
@@ -54,7 +56,17 @@ log = logging.getLogger("postwarden")
 HANDLED_SIGNALS = {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 
 
+_LISTENER: logging.handlers.QueueListener | None = None
+
+
 def setup_logging(to: str, level: str) -> None:
+    """One thread writes the log: every other thread puts its record on a queue. Written from
+    each libmilter thread, a line held the handler's lock across its write, and so across the
+    wait to get the GIL back after it, while every other message's line waited (issue 21);
+    a slow journald or syslog would have stalled end-of-message too. The queue is unbounded:
+    a line is never dropped, and the listener is flushed at exit."""
+    _stop_logging()
+    global _LISTENER
     root = logging.getLogger("postwarden")
     root.handlers.clear()
     root.setLevel(level.upper())
@@ -68,9 +80,28 @@ def setup_logging(to: str, level: str) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"postwarden[{os.getpid()}]: %(message)s"))
-    root.addHandler(handler)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _LISTENER = logging.handlers.QueueListener(records, handler)
+    # Its thread takes none of the daemon's signals (the main thread takes them all).
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    try:
+        _LISTENER.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    root.addHandler(logging.handlers.QueueHandler(records))
     if to == "syslog" and not isinstance(handler, logging.handlers.SysLogHandler):
         log.warning("[log].to = syslog but /dev/log does not exist: logging to stderr")
+
+
+def _stop_logging() -> None:
+    """Every line queued is written before the process ends."""
+    global _LISTENER
+    if _LISTENER is not None:
+        _LISTENER.stop()
+        _LISTENER = None
+
+
+atexit.register(_stop_logging)
 
 
 def _socket_path(spec: str) -> Path | None:
