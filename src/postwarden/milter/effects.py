@@ -173,12 +173,12 @@ def write(verdict: Verdict, tx: RateTx | None, queue_id: str, day: str = "") -> 
     step = "count"
     try:
         _at(step)
-        if tx is not None and (bool(verdict.of(WarmupCount)) or bool(verdict.of(Schedule))):
-            # What can refuse the writes, before any: a failure after one rolls back the
-            # transaction this message shares with others (store/rates.py's group commit).
-            _sqlite(tx)
-            if verdict.of(Schedule) and not queue_id:
-                raise RuntimeError("a paced message without a queue id cannot be scheduled")
+        warmups, schedules = verdict.of(WarmupCount), verdict.of(Schedule)
+        # What can refuse the writes, before any: a failure after one rolls back the
+        # transaction this message shares with others (store/rates.py's group commit).
+        local = _sqlite(tx) if tx is not None and (warmups or schedules) else None
+        if tx is not None and schedules and not queue_id:
+            raise RuntimeError("a paced message without a queue id cannot be scheduled")
         if tx is not None:
             for c in verdict.of(Count):
                 tx.count(c.rcpts, queue_id)
@@ -187,11 +187,10 @@ def write(verdict: Verdict, tx: RateTx | None, queue_id: str, day: str = "") -> 
         if tx is not None:
             for lock in verdict.of(LockSender):
                 tx.lock(lock.cap, queue_id)
-            # ---- streams.md ----
-            for wc in verdict.of(WarmupCount):
-                pacing.add_warmup(_sqlite(tx).conn, day, wc.charges)
-            for sc in verdict.of(Schedule):
-                local = _sqlite(tx)
+        if local is not None:  # ---- streams.md ----
+            for wc in warmups:
+                pacing.add_warmup(local.conn, day, wc.charges)
+            for sc in schedules:
                 pacing.enqueue(
                     local.conn, queue_id, local.now, verdict.identity, sc.pace, sc.charges
                 )
@@ -393,15 +392,14 @@ def _counts_spoke(verdict: Verdict) -> bool:
     return any(reason.check in _COUNTING for reason in verdict.reasons)
 
 
+def _work(verdict: Verdict) -> tuple[object, ...]:
+    """The in-memory work a verdict's plan needs (edits, wrap, keys)."""
+    return (verdict.of(HeaderEdit), bool(verdict.of(WrapHtml)), verdict.of(Sign))
+
+
 def _shared(verdict: Verdict) -> tuple[object, ...]:
-    """What tell_shared tells Postfix of a verdict's plan, beside the prepared work."""
-    return (
-        verdict.of(HeaderEdit),
-        bool(verdict.of(WrapHtml)),
-        verdict.of(Sign),
-        verdict.of(RemoveRcpt),
-        verdict.of(StreamHeader),
-    )
+    """What tell_shared tells Postfix of a verdict's plan: its work, and beside it."""
+    return (*_work(verdict), verdict.of(RemoveRcpt), verdict.of(StreamHeader))
 
 
 def _signs(verdict: Verdict) -> bool:
@@ -410,11 +408,7 @@ def _signs(verdict: Verdict) -> bool:
 
 def _same_work(a: Verdict, b: Verdict) -> bool:
     """Whether two verdicts need the same in-memory work (edits, wrap, keys)."""
-    return (
-        a.of(HeaderEdit) == b.of(HeaderEdit)
-        and bool(a.of(WrapHtml)) == bool(b.of(WrapHtml))
-        and a.of(Sign) == b.of(Sign)
-    )
+    return _work(a) == _work(b)
 
 
 def failed_action(verdict: Verdict | None, step: str, on_error: Action) -> Action:

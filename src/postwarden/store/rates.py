@@ -291,8 +291,6 @@ class RateStore:
             )
 
     def _end_if_last(self, group: _Group) -> None:
-        if group.done.is_set():
-            return
         with self._lock:
             last = self._queued == 0
         if last or group.members >= MAX_GROUP:
