@@ -11,7 +11,7 @@ The order (policy.model.STEPS):
 4. commit: the count and the lock become real only now, with the message's outcome final.
 5. notify: the lock notice is mailed once its lock is committed.
 
-With [milter].on_error tempfail (the default) or reject, the part of step 2 that every verdict
+With [milter].on_error = "tempfail" (the default), the part of step 2 that every verdict
 letting the message leave shares (tell_shared: edits, body, signatures, removed recipients,
 stream header) is told before the sender's transaction opens (_tells_early); only the hold or
 the reply is told inside it. Whatever fails after that, up to the commit, refuses the message,
@@ -378,8 +378,8 @@ def _tells_early(early: Verdict, config: Config) -> bool:
     Inside, each libmilter call gives up the GIL and waits to get it back with the transaction,
     and so every other sender's, held: under load most of a decision was that wait. Early, it
     is safe only where whatever fails afterwards refuses the message anyway, so that Postfix
-    discards what it was told: [milter].on_error tempfail (the default) or reject. With accept
-    or quarantine a failure must leave the message unsigned, so all is told inside."""
+    discards what it was told: [milter].on_error = "tempfail" (the default). With "accept" a
+    failure must leave the message unsigned, so all is told inside."""
     return early.action in LEAVES and Action.named(config.daemon.milter.on_error) >= Action.TEMPFAIL
 
 
