@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "__main__": 3,
     "config": 0,
     "textsafe": 0,
+    "suffixes": 0,
     "owner": 0,
     "policy": 1,
     "store": 1,

@@ -12,8 +12,8 @@ from typing import Any
 
 import dns.resolver
 import spf
-from publicsuffixlist import PublicSuffixList
 
+from postwarden import suffixes
 from postwarden.config import Config
 from postwarden.config.keys import LoadedKey
 from postwarden.dnsdoctor.lookup import Answer, Lookup, make_resolver
@@ -24,7 +24,6 @@ from postwarden.store import records
 
 WORKERS = 64  # domains checked at once
 MARKS = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "unknown": "UNKN"}
-_PSL = PublicSuffixList()
 
 
 @dataclass
@@ -311,7 +310,7 @@ def check_dkim(lookup: Lookup, domain: str, keys: list[LoadedKey]) -> list[Findi
 
 
 def check_dmarc(lookup: Lookup, domain: str, readiness: Readiness | None = None) -> list[Finding]:
-    org = _PSL.privatesuffix(domain) or domain
+    org = suffixes.organisational(domain)
     names = [f"_dmarc.{domain}"] + ([f"_dmarc.{org}"] if org != domain else [])
     fix = f'_dmarc.{org}. IN TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc-reports@{org}"'
     for name in names:

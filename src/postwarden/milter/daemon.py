@@ -29,7 +29,7 @@ from pathlib import Path
 
 import Milter
 
-from postwarden import EX_CONFIG, EX_TEMPFAIL
+from postwarden import EX_CONFIG, EX_TEMPFAIL, suffixes
 from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import daemon_changes
 from postwarden.feedback.ingest import NoticeFlusher
@@ -135,6 +135,8 @@ class Daemon:
         # signals; run() unblocks them in the main thread alone, once its handlers are set.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.config = config
+        # Parsed now (about 165 ms), not by the first message's alignment check.
+        suffixes.public_suffixes()
         # The one RateStore of the process: the writer takes its write lock, so a batch and a
         # rate transaction (or a group of them: rates.py) hand over without SQLite's busy
         # handler. (A second RateStore for the milter left the writer's lock unshared.)

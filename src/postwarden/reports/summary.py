@@ -15,8 +15,8 @@ from typing import Any
 
 import dns.exception
 import sqlite_utils
-from publicsuffixlist import PublicSuffixList
 
+from postwarden import suffixes
 from postwarden.config import Config
 from postwarden.dnsdoctor.lookup import Lookup, make_resolver
 from postwarden.reports.advice import Advice, Readiness, advise
@@ -28,7 +28,6 @@ PTR_FRESH = 7 * 86400  # a cached reverse name is used for a week
 PTR_BUDGET = 8.0  # seconds all reverse lookups of one run may take together
 PTR_TIMEOUT = 2.0  # seconds one lookup may take
 PTR_WORKERS = 16
-_PSL = PublicSuffixList()
 
 
 @dataclass
@@ -167,7 +166,7 @@ def reverse_names(
 def published_record(lookup: Lookup, domain: str) -> tuple[str, str | None]:
     """(where, the DMARC record) for `domain`: its own, else its organisational domain's;
     "" when there is none, None when DNS did not answer."""
-    org = _PSL.privatesuffix(domain) or domain
+    org = suffixes.organisational(domain)
     names = [f"_dmarc.{domain}"] + ([f"_dmarc.{org}"] if org != domain else [])
     for name in names:
         answer = lookup.txt(name)
@@ -368,7 +367,7 @@ def summarise(
                 }
             )
         name, record = records.get(d, (f"_dmarc.{d}", None))
-        adv: Advice = advise(d, name, record, ready.get(d), _PSL.privatesuffix(d) or d)
+        adv: Advice = advise(d, name, record, ready.get(d), suffixes.organisational(d))
         m = e["messages"]
         out_domains.append(
             {

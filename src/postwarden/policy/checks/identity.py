@@ -20,8 +20,7 @@ import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from publicsuffixlist import PublicSuffixList
-
+from postwarden import suffixes
 from postwarden.policy.address import header_address
 from postwarden.policy.model import Action, Reason
 from postwarden.policy.registry import register
@@ -48,7 +47,6 @@ READS: frozenset[str] = frozenset()  # neither the rate state nor the prior reas
 # Shown by mail readers beside or instead of From ("ceo@example.com on behalf of Alice"): held
 # to From's rules, each copy (decisions.md, check 3).
 FROM_LIKE = ("Sender", "Resent-From", "Resent-Sender")
-_PSL = PublicSuffixList()  # bundled data: no network, no file outside the package
 
 
 def aligned(envelope_domain: str, from_domain: str, mode: str) -> bool:
@@ -61,7 +59,7 @@ def aligned(envelope_domain: str, from_domain: str, mode: str) -> bool:
 def _organisational(domain: str) -> str:
     """The organisational domain (the Public Suffix List's private suffix), else the domain:
     a message asks for two, and a server's mail mostly names the same few."""
-    return _PSL.privatesuffix(domain) or domain
+    return suffixes.organisational(domain)
 
 
 @register(NAME, order=30, codes=CODES, defaults=DEFAULTS, reads=READS)
