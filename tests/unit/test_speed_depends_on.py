@@ -123,3 +123,29 @@ def test_no_command_parses_the_public_suffix_list_before_it_needs_it(tmp_path: P
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split("\n")
     assert out[-3:] == ["75 True", "True False", ""]  # no daemon: exit 75, and the list unparsed
+
+
+def test_postwarden_reload_loads_neither_the_engine_nor_the_writer(tmp_path: Path) -> None:
+    """Imports were nearly all of the command's CPU (0.45 s of it; loading the policy takes
+    13 ms). It needs the config loader and the daemon's status row, not the policy engine,
+    the rate store or the decision writer that `from postwarden.store import ...` loaded."""
+    import subprocess
+    import sys
+
+    write_key(tmp_path / "policies" / "k.key")
+    cfg = write_config(
+        tmp_path, '[domains."example.com"]\nkeys = [{ selector = "s", file = "k.key" }]\n'
+    )
+    heavy = ["postwarden.policy.engine", "postwarden.store.writer", "postwarden.store.rates"]
+    probe = (
+        "import sys\n"
+        "from postwarden.cli import main\n"
+        f"code = main(['--config', {str(cfg)!r}, 'reload'])\n"
+        f"print(code, [m for m in {heavy!r} if m in sys.modules])\n"
+        "from postwarden.store import Writer, migrate, open_db\n"  # still there, when asked for
+        f"print([m for m in {heavy!r} if m in sys.modules] == {heavy!r})\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[-3:] == ["75 []", "True", ""]

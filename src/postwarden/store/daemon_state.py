@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 
-from postwarden.store.writer import Op
+if TYPE_CHECKING:
+    from postwarden.store.writer import Op
 
 
 def notice_secret(db: sqlite_utils.Database) -> str:
