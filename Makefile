@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= /var/tmp/postwarden-demo
 APT_PACKAGES := postfix libmilter-dev swaks sqlite3 procps opendkim opendkim-tools gcc make python3-dev python3-venv tmux dovecot-core libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl prometheus redis-server
 
-.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-dns bench-tui bench-reports bench-metrics bench-redis bench-cpu clean deb
+.PHONY: install deps-apt venv demo demo-stop test lint typecheck contract pytest bench bench-ab bench-dns bench-tui bench-reports bench-metrics bench-redis bench-cpu clean deb
 
 install: deps-apt venv
 
@@ -58,6 +58,13 @@ bench: install
 BENCH_AGAINST ?= 3582fc3
 bench-cpu: install
 	$(BIN)/python bench/cpu.py --against $(BENCH_AGAINST) --write
+
+# postwarden variants (this tree, git revisions, each with its own environment) side by side on
+# one private Postfix, interleaved, beside OpenDKIM: try a change end to end before keeping it.
+# Prints only (BENCH_AB: bench/ab.py's arguments; about 6 minutes as it stands).
+BENCH_AB ?= --variant tree=. --variant head=HEAD --reps 3
+bench-ab: install
+	$(BIN)/python bench/ab.py $(BENCH_AB)
 
 # dns-check over 100 domains against a loopback DNS server that delays every answer by 100 ms.
 bench-dns: install
