@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sqlite3
 import statistics
@@ -92,9 +93,16 @@ class Variant:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        except ProcessLookupError:
+            pass
 
     def last_id(self) -> int:
         with sqlite3.connect(self.db) as conn:
@@ -142,8 +150,12 @@ def main() -> int:
     variants: dict[str, Variant] = {}
     for spec in args.variant:
         name, _, rev = spec.partition("=")
-        if not name or not rev or name in variants or name == "OpenDKIM":
-            ap.error(f"--variant {spec}: NAME=REV, each NAME once")
+        if (
+            not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name)
+            or not rev
+            or name in (*variants, "OpenDKIM")
+        ):
+            ap.error(f"--variant {spec}: NAME=REV, NAME letters, digits, _ or - and each once")
         variants[name] = Variant(name, rev, {})
     for spec in args.env:
         name, _, pair = spec.partition(":")
@@ -151,13 +163,15 @@ def main() -> int:
         if name not in variants or not key or not eq:
             ap.error(f"--env {spec}: NAME:KEY=VALUE for a NAME given with --variant")
         variants[name].env[key] = value
+    if any(s not in SHAPES for s in args.sizes.split(",")) or args.reps < 1:
+        ap.error("--sizes takes 4k and/or 100k, --reps at least 1")
     sizes = [SHAPES[s] for s in args.sizes.split(",")]
 
     bench = B.Bench()
-    bench.start()
     setups = ([] if args.no_opendkim else ["OpenDKIM"]) + list(variants)
     got: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
+        bench.start()
         for v in variants.values():
             v.start(bench)
         for rep in range(1, args.reps + 1):
@@ -198,7 +212,8 @@ def main() -> int:
             base = statistics.median(r["msg_s"] for r in got[(size, setups[0])])
             for name in setups:
                 rows = got[(size, name)]
-                med = {k: statistics.median(r[k] for r in rows if k in r) for k in rows[0]}
+                keys = dict.fromkeys(k for r in rows for k in r)
+                med = {k: statistics.median(r[k] for r in rows if k in r) for k in keys}
                 print(
                     f"{size:>16} {name:<12}"
                     + "".join(f" {k} {val:.2f}" for k, val in med.items())
@@ -206,8 +221,26 @@ def main() -> int:
                 )
     finally:
         for v in variants.values():
-            v.stop()
+            try:
+                v.stop()
+            except OSError as exc:
+                print(f"ab: stopping {v.name}: {exc}", file=sys.stderr)
         bench.stop()
+        for v in variants.values():
+            if v.rev != ".":
+                subprocess.run(
+                    [
+                        "git",
+                        "-C",
+                        str(REPO),
+                        "worktree",
+                        "remove",
+                        "--force",
+                        str(WORKTREES / v.name),
+                    ],
+                    capture_output=True,
+                    check=False,
+                )
     return 0
 
 
