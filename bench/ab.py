@@ -48,19 +48,7 @@ class Variant:
     def source(self) -> Path:
         if self.rev == ".":
             return REPO / "src"
-        tree = WORKTREES / self.name
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-            capture_output=True,
-            check=False,
-        )
-        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), self.rev],
-            capture_output=True,
-            check=True,
-        )
-        return tree / "src"
+        return B.check_out(self.rev, WORKTREES / self.name) / "src"
 
     def start(self, bench: B.Bench) -> None:
         home = B.ROOT / f"ab-{self.name}"
@@ -228,19 +216,7 @@ def main() -> int:
         bench.stop()
         for v in variants.values():
             if v.rev != ".":
-                subprocess.run(
-                    [
-                        "git",
-                        "-C",
-                        str(REPO),
-                        "worktree",
-                        "remove",
-                        "--force",
-                        str(WORKTREES / v.name),
-                    ],
-                    capture_output=True,
-                    check=False,
-                )
+                B.remove_worktree(WORKTREES / v.name)
     return 0
 
 

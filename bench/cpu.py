@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.run import CONFIG, POLICY, message, multipart  # noqa: E402
+from bench.run import CONFIG, POLICY, check_out, message, multipart, remove_worktree  # noqa: E402
 from bench.sections import write_section  # noqa: E402
 from tests.helpers import write_key  # noqa: E402
 
@@ -189,18 +189,7 @@ def child(src: Path | None, shape: str, root: Path) -> float:
 
 
 def against(rev: str, shapes: list[str], write: bool) -> int:
-    worktree = Path("/var/tmp/postwarden-bench-cpu-against")
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-        capture_output=True,
-        check=False,
-    )
-    subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(worktree), rev],
-        capture_output=True,
-        check=True,
-    )
+    worktree = check_out(rev, Path("/var/tmp/postwarden-bench-cpu-against"))
     label = subprocess.run(
         ["git", "-C", str(REPO), "log", "-1", "--format=%h %cs", rev],
         capture_output=True,
@@ -222,11 +211,7 @@ def against(rev: str, shapes: list[str], write: bool) -> int:
                         flush=True,
                     )
     finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-            capture_output=True,
-            check=False,
-        )
+        remove_worktree(worktree)
     took = time.monotonic() - started
     rows = []
     for shape in shapes:

@@ -95,6 +95,27 @@ PidFile {root}/opendkim.pid
 """
 
 
+def remove_worktree(tree: Path) -> None:
+    """Drop a worktree check_out made (gone already is fine)."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+        capture_output=True,
+        check=False,
+    )
+
+
+def check_out(rev: str, tree: Path) -> Path:
+    """A fresh worktree of `rev` at `tree` (bench-cpu's and bench-ab's other revisions)."""
+    remove_worktree(tree)
+    subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=True)
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+        capture_output=True,
+        check=True,
+    )
+    return tree
+
+
 def say(text: str) -> None:
     print(text, flush=True)
 

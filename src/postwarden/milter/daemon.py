@@ -135,7 +135,7 @@ class Daemon:
         # signals; run() unblocks them in the main thread alone, once its handlers are set.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         self.config = config
-        # Parsed now (about 165 ms), not by the first message's alignment check.
+        # Parsed now (about 60 ms of CPU), not by the first message's alignment check.
         suffixes.public_suffixes()
         # The one RateStore of the process: the writer takes its write lock, so a batch and a
         # rate transaction (or a group of them: rates.py) hand over without SQLite's busy
