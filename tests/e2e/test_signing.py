@@ -1,6 +1,6 @@
 """DKIM signing end to end: three hosted domains (one with RSA and Ed25519), 54 varied
 messages over SMTP and sendmail(1), each signature checked at the sink by dkimpy and by
-OpenDKIM (`opendkim -t`)."""
+OpenDKIM (`opendkim -t`). The module runs twice, once per [milter].transport."""
 
 from __future__ import annotations
 
@@ -26,9 +26,15 @@ keys = [{ selector = "ed2026", file = "keys/shop.example/ed2026.key" },
 DOMAINS = {"example.com": 2, "example.org": 1, "shop.example": 1}  # active keys each
 
 
-@pytest.fixture(scope="module")
-def signing_stack() -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["python", "libmilter"])
+def signing_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Once per [milter].transport: the default, and pymilter's libmilter."""
     for s in module_stack("sign", EXTRA_POLICY):
+        text = s.config.read_text()
+        assert "[milter]\n" in text
+        s.config.write_text(
+            text.replace("[milter]\n", f'[milter]\ntransport = "{request.param}"\n', 1)
+        )
         policies = s.config.parent / "policies"
         s.allow_local("app", [f"sender@{d}" for d in DOMAINS])
         write_key(policies / "keys/example.org/org2026.key")
@@ -195,3 +201,12 @@ def test_rejected_and_inbound_mail_is_not_signed(signing_stack: Stack) -> None:
     raw = next(p.read_bytes() for p in sb.sink_dir.iterdir() if b"in-unsigned" in p.read_bytes())
     assert b"DKIM-Signature" not in raw
     assert signing_stack.decision_for(r.queue_id)["signatures"] == []
+
+
+def test_the_transport_configured_is_the_one_serving(signing_stack: Stack) -> None:
+    named = load_config(signing_stack.config).daemon.milter.transport
+    log = signing_stack.sandbox.milter_log.read_text()
+    assert f"({named} transport)" in log
+    # The other never started in this module's milter.
+    other = {"python": "libmilter", "libmilter": "python"}[named]
+    assert f"({other} transport)" not in log

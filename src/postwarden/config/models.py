@@ -169,6 +169,10 @@ class MilterSection(Strict):
     # holds itself (it must run as root or Postfix's mail_owner: postsuper -H); "service", it
     # does not, `postwarden releaser` does (the .deb's postwarden-releaser.service, as root).
     releaser: Literal["thread", "service"] = "thread"
+    # Added to the spec (issue 21): who speaks the milter protocol. "python", postwarden on one
+    # asyncio thread (milter/transport.py); "libmilter", pymilter's C library, a thread per
+    # connection (what the first batch ran; slower under load: docs/benchmarks.md).
+    transport: Literal["python", "libmilter"] = "python"
 
 
 class LogSection(Strict):

@@ -1,5 +1,8 @@
 """`postwarden milter`: the daemon.
 
+Transport. [milter].transport = "python" (the default) serves the milter protocol on one asyncio
+thread (milter/transport.py says why); "libmilter" runs pymilter's C library, as below.
+
 Signals. Left to itself, libmilter's signal thread takes SIGHUP and SIGTERM as "stop" and SIGINT
 as "abort", and a Python handler would never run while the main thread sits in libmilter's C
 loop. Worse, pymilter forgets its interpreter the moment smfi_main() returns, so no callback can
@@ -34,7 +37,7 @@ from postwarden.config import Config, ConfigError, load_config
 from postwarden.config.loader import daemon_changes
 from postwarden.feedback.ingest import NoticeFlusher
 from postwarden.metrics import Collector, Endpoint, Watch, serve
-from postwarden.milter import adapter
+from postwarden.milter import adapter, transport
 from postwarden.milter.notify import Notifier
 from postwarden.milter.releaser import Releaser, in_daemon
 from postwarden.milter.runtime import Runtime
@@ -53,6 +56,9 @@ from postwarden.store.writer import Writer
 
 log = logging.getLogger("postwarden")
 
+# Only the actions used: added and removed headers (hygiene, DKIM-Signature), a replaced body
+# (bare HTML wrapped), the hold queue, a suppressed recipient removed.
+ACTIONS: int = Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.DELRCPT
 HANDLED_SIGNALS = {signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 
 
@@ -282,29 +288,41 @@ class Daemon:
         pidfile.write_text(f"{os.getpid()}\n")
 
         Milter.factory = adapter.factory(self.runtime)
-        # Only the actions used: added and removed headers (hygiene, DKIM-Signature), a
-        # replaced body (bare HTML wrapped), the hold queue, a suppressed recipient removed.
-        Milter.set_flags(
-            Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.CHGBODY | Milter.DELRCPT
-        )
+        Milter.set_flags(ACTIONS)  # libmilter's; the python transport is given ACTIONS
         _prepare_socket_dir(cfg.milter.socket)
         log.info(
-            "starting on %s with policy %s, database %s, counts and locks in %s",
+            "starting on %s (%s transport) with policy %s, database %s, counts and locks in %s",
             cfg.milter.socket,
+            cfg.milter.transport,
             self.runtime.policy.hash,
             cfg.store.database,
             cfg.store.shared or "the database",
         )
-        try:
-            _open_libmilter(cfg.milter.socket, cfg.milter.timeout)
-        except Milter.error as exc:
-            log.error("libmilter could not open %s: %s", cfg.milter.socket, exc)
-            self._shutdown(pidfile)
-            return EX_TEMPFAIL
         failure: list[BaseException] = []
-        serving = threading.Thread(
-            target=_serve_libmilter, args=(failure,), name="libmilter", daemon=True
-        )
+        server: transport.Server | None = None
+        if cfg.milter.transport == "python":
+            server = transport.Server(
+                cfg.milter.socket, Milter.factory, ACTIONS, cfg.milter.timeout
+            )
+            try:
+                _open_python(server)
+            except OSError as exc:
+                log.error("could not open %s: %s", cfg.milter.socket, exc)
+                self._shutdown(pidfile)
+                return EX_TEMPFAIL
+            serving = threading.Thread(
+                target=_serve_python, args=(server, failure), name="milter", daemon=True
+            )
+        else:
+            try:
+                _open_libmilter(cfg.milter.socket, cfg.milter.timeout)
+            except Milter.error as exc:
+                log.error("libmilter could not open %s: %s", cfg.milter.socket, exc)
+                self._shutdown(pidfile)
+                return EX_TEMPFAIL
+            serving = threading.Thread(
+                target=_serve_libmilter, args=(failure,), name="libmilter", daemon=True
+            )
         serving.start()
         self._start_metrics()
         if in_daemon(cfg):  # else `postwarden releaser` does it ([milter].releaser)
@@ -329,6 +347,10 @@ class Daemon:
                 self.runtime.in_flight,
             )
             self._drain(cfg.milter.timeout)
+        if self._stop_requested and server is not None:
+            server.stop()
+            serving.join(cfg.milter.timeout)
+        elif self._stop_requested:
             # libmilter's accept loop looks at the stop flag only between waits of several
             # seconds (Milter.stop() blocks until then: a stop took 4-6 s): connections of our
             # own, once the flag is set, wake it at once.
@@ -340,7 +362,7 @@ class Daemon:
             serving.join(cfg.milter.timeout)
         self._shutdown(pidfile)
         if failure:
-            log.error("libmilter stopped with an error: %s", failure[0])
+            log.error("%s stopped with an error: %s", cfg.milter.transport, failure[0])
             return EX_TEMPFAIL
         log.info("stopped")
         return 0
@@ -375,6 +397,23 @@ def _shared_secret(shared: RedisRateStore, local: str) -> str:
     except SharedUnavailable as exc:
         log.warning("[store].shared unreachable at start (%s): the local notice key is used", exc)
         return local
+
+
+def _open_python(server: transport.Server) -> None:
+    """The socket, bound under a temporary name and renamed into place once its group and mode
+    let Postfix in (as _open_libmilter)."""
+    bound = server.bind()
+    _open_socket_to_postfix(bound)
+    final = _socket_path(server.spec)
+    if final is not None:
+        os.replace(bound[5:], final)
+
+
+def _serve_python(server: transport.Server, failure: list[BaseException]) -> None:
+    try:
+        server.serve()
+    except Exception as exc:  # noqa: BLE001  (reported by run(): the daemon stops, EX_TEMPFAIL)
+        failure.append(exc)
 
 
 def _open_libmilter(socket: str, timeout: int) -> None:
