@@ -14,6 +14,7 @@ bench/cpu.py measures the milter's own CPU without Postfix, with far less noise.
 
     bench/ab.py --variant main=. --variant before=HEAD~3 --reps 3
     bench/ab.py --variant main=. --variant nolog=. --env nolog:SOME_VAR=1 --sizes 4k
+    bench/ab.py --variant python=. --variant libmilter=. --milter libmilter:transport=libmilter
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ WORKTREES = Path("/var/tmp/postwarden-ab")
 class Variant:
     def __init__(self, name: str, rev: str, env: dict[str, str]) -> None:
         self.name, self.rev, self.env = name, rev, env
+        self.milter: dict[str, str] = {}  # [milter] string keys of its own (--milter)
         self.proc: subprocess.Popen[bytes] | None = None
         self.socket = Path()
         self.db = Path()
@@ -63,6 +65,9 @@ class Variant:
             .replace('database = "postwarden.db"', f'database = "{self.db}"')
             .replace('pidfile = "postwarden.pid"', f'pidfile = "{home / "postwarden.pid"}"')
         )
+        assert "[milter]\n" in config
+        lines = "".join(f'{k} = "{v}"\n' for k, v in self.milter.items())
+        config = config.replace("[milter]\n", f"[milter]\n{lines}", 1)
         (home / "postwarden.toml").write_text(config)
         env = {**os.environ, "PYTHONPATH": str(self.source()), **self.env}
         argv = [bench.sb.python, "-m", "postwarden", "--config", str(home / "postwarden.toml")]
@@ -129,6 +134,13 @@ def main() -> int:
     ap.add_argument(
         "--env", action="append", default=[], metavar="NAME:KEY=VALUE", help="for one variant"
     )
+    ap.add_argument(
+        "--milter",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="a [milter] string key for one variant (e.g. transport=libmilter)",
+    )
     ap.add_argument("--no-opendkim", action="store_true")
     ap.add_argument("--sizes", default="4k,100k", help="comma-separated: 4k, 100k")
     ap.add_argument("--reps", type=int, default=3)
@@ -151,6 +163,12 @@ def main() -> int:
         if name not in variants or not key or not eq:
             ap.error(f"--env {spec}: NAME:KEY=VALUE for a NAME given with --variant")
         variants[name].env[key] = value
+    for spec in args.milter:
+        name, _, pair = spec.partition(":")
+        key, eq, value = pair.partition("=")
+        if name not in variants or not re.fullmatch(r"[a-z_]+", key) or not eq or '"' in value:
+            ap.error(f"--milter {spec}: NAME:KEY=VALUE for a NAME given with --variant")
+        variants[name].milter[key] = value
     if any(s not in SHAPES for s in args.sizes.split(",")) or args.reps < 1:
         ap.error("--sizes takes 4k and/or 100k, --reps at least 1")
     sizes = [SHAPES[s] for s in args.sizes.split(",")]

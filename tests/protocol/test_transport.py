@@ -144,7 +144,7 @@ def served(tmp_path: Path) -> Iterator[tuple[transport.Server, Path]]:
     Recorder.plan = []
     Recorder.eom_rc = Milter.ACCEPT
     path = tmp_path / "m.sock"
-    server = transport.Server(f"unix:{path}", Recorder, ACTIONS, timeout=2)
+    server = transport.Server(f"unix:{path}", Recorder, ACTIONS, idle=2)
     bound = server.bind()
     Path(bound[5:]).rename(path)
     thread = threading.Thread(target=server.serve, daemon=True)
@@ -312,13 +312,13 @@ def test_a_connection_silent_for_the_timeout_is_closed(
     c.negotiate()
     started = time.monotonic()
     assert c.closed()
-    assert time.monotonic() - started < 5  # timeout=2, swept each second
+    assert time.monotonic() - started < 5  # idle=2, swept each second
     c.close()
 
 
 def test_stop_closes_open_connections_and_ends_serve(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
-    server = transport.Server(f"unix:{path}", Recorder, ACTIONS, timeout=30)
+    server = transport.Server(f"unix:{path}", Recorder, ACTIONS)
     Path(server.bind()[5:]).rename(path)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
@@ -332,7 +332,7 @@ def test_stop_closes_open_connections_and_ends_serve(tmp_path: Path) -> None:
 
 def test_an_inet_socket_sets_no_delay(tmp_path: Path) -> None:
     """The spec's inet socket cost ~40 ms a message under libmilter (no TCP_NODELAY)."""
-    server = transport.Server("inet:0@127.0.0.1", Recorder, ACTIONS, timeout=30)
+    server = transport.Server("inet:0@127.0.0.1", Recorder, ACTIONS)
     server.bind()
     assert server.listener is not None
     port = server.listener.getsockname()[1]
@@ -353,11 +353,80 @@ def test_an_inet_socket_sets_no_delay(tmp_path: Path) -> None:
 
 def test_context_refuses_what_libmilter_refuses() -> None:
     ctx = transport.Context(ACTIONS)
+    with pytest.raises(Milter.error, match="outside end of message"):
+        ctx.addheader("X-A", "a")
+    ctx.in_eom = True
     with pytest.raises(ValueError, match="null"):
         ctx.addheader("X-A", "a\0b")
     with pytest.raises(UnicodeEncodeError):
         ctx.addheader("X-A", "\udcff")  # a surrogate-escaped byte: not UTF-8
     with pytest.raises(Milter.error):
         ctx.setreply("250", "2.0.0", "not a failure code")
+    with pytest.raises(Milter.error):
+        ctx.setreply("550", "4.7.1", "an extended code of another class")
+    with pytest.raises(Milter.error):
+        ctx.setreply("550", "bogus", "text")
+    with pytest.raises(Milter.error):
+        ctx.setreply("550", "5.7.1", "a\r\nInjected: header")
+    with pytest.raises(Milter.error):
+        ctx.setreply("550", "5.7.1", "x" * 981)
+    with pytest.raises(Milter.error):
+        ctx.chgheader("Subject", -1, None)
+    with pytest.raises(Milter.error):
+        ctx.quarantine("")
+    with pytest.raises(Milter.error):
+        ctx.addrcpt("<x@example.net>")
     ctx.setreply("451", "4.7.1", "one", "two")
     assert ctx.reply == b"451-4.7.1 one\r\n451 4.7.1 two\0"
+    ctx.setreply("550", None, "one", "two")  # libmilter's default extended code
+    assert ctx.reply == b"550-5.0.0 one\r\n550 5.0.0 two\0"
+    only_headers = transport.Context(Milter.ADDHDRS)
+    only_headers.in_eom = True
+    with pytest.raises(Milter.error, match="not negotiated"):
+        only_headers.quarantine("held")
+
+
+def test_a_tempfail_never_carries_a_5xx_text(served: tuple[transport.Server, Path]) -> None:
+    """A 5XX text set before a tempfail answer would make it a rejection: plain 't' is sent."""
+    Recorder.plan = [("setreply", "550", "5.7.1", "refused")]
+    Recorder.eom_rc = Milter.TEMPFAIL
+    c = Client(served[1])
+    c.negotiate()
+    assert a_message(c)[-1] == (b"t", b"")
+    Recorder.eom_rc = Milter.REJECT
+    assert a_message(c)[-1] == (b"y", b"550 5.7.1 refused\0")
+    c.close()
+
+
+def test_an_older_mta_gets_its_own_protocol_version() -> None:
+    session = transport.Session(Recorder, ACTIONS)
+    answer = session.handle(b"O", struct.pack("!III", 4, ALL_ACTIONS, 0x7F))
+    assert answer is not None
+    version, _actions, protocol = struct.unpack("!III", answer[0][5:])
+    assert version == 4
+    assert protocol & ~0x7F == 0  # nothing the MTA did not offer
+
+
+def test_a_connection_lost_inside_a_message_aborts_it_then_closes(
+    served: tuple[transport.Server, Path],
+) -> None:
+    c = Client(served[1])
+    c.negotiate()
+    c.send(connect_pkt(), pkt(b"M", b"<a@example.com>\0"), pkt(b"R", b"<ok@example.net>\0"))
+    assert c.read() == (b"c", b"")
+    c.close()
+    deadline = time.monotonic() + 5
+    while ("close",) not in Recorder.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Recorder.calls[-2:] == [("abort",), ("close",)]
+
+
+def test_end_of_message_outside_a_message_closes_the_connection(
+    served: tuple[transport.Server, Path],
+) -> None:
+    c = Client(served[1])
+    c.negotiate()
+    c.send(connect_pkt(), pkt(b"E"))
+    assert c.closed()
+    assert not any(x[0] == "eom" for x in Recorder.calls)
+    c.close()

@@ -301,9 +301,7 @@ class Daemon:
         failure: list[BaseException] = []
         server: transport.Server | None = None
         if cfg.milter.transport == "python":
-            server = transport.Server(
-                cfg.milter.socket, Milter.factory, ACTIONS, cfg.milter.timeout
-            )
+            server = transport.Server(cfg.milter.socket, Milter.factory, ACTIONS)
             try:
                 _open_python(server)
             except OSError as exc:

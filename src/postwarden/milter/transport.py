@@ -8,15 +8,18 @@ milter's CPU per message by 10-15 % when one asyncio thread ran every connection
 A pure-Python thread per connection cost what libmilter did: the GIL hand-overs are the cost.
 
 The callbacks are pymilter's own (Milter.Base: the decorators, negotiation, the byte
-decoding): only the wire is spoken here. Each callback runs on the loop thread, one at a time,
-so a callback must not wait long: eom's rate transaction waits only for the decision writer's
-short commit (or Redis, with 1 s socket timeouts).
+decoding): only the wire is spoken here. Each callback runs on the loop thread, one at a time.
+The trade: a callback that waits holds every connection, not only its own. The waits are
+bounded: eom's rate transaction waits for the decision writer's short commit, or for another
+process holding the database's write lock (busy_timeout 10 s), or for Redis ([store].shared,
+1 s socket timeouts); a full decision queue waits up to 2 s. Under libmilter those waits held
+the outbound messages anyway (each needs the same lock or Redis), but inbound mail went on.
 
 Only Postfix reaches the socket (group postfix, mode 0660), but a packet is still checked
 before it is read: a length of 0 or over MAX_PACKET, a packet too short for its command, or a
 command the protocol has not at that point closes that connection alone. Postfix then applies
 milter_default_action (tempfail, as setup-postfix and the snippet set it). A connection silent
-for [milter].timeout seconds is closed, as libmilter does.
+for IDLE_S (libmilter's default timeout, 7210 s) is closed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import socket
 import struct
 import threading
@@ -42,6 +46,13 @@ VERSION = 6
 # default); a packet over 1 MiB is not from Postfix.
 MAX_PACKET = 1 << 20
 REPLY_CHUNK = 65535  # a replaced body goes back in chunks libmilter's size
+MAX_REPLY_LINE = 980  # libmilter's MAXREPLYLEN
+# libmilter's own default I/O timeout. Postfix is silent on a milter connection while the
+# client uploads DATA and between SMTP commands (smtpd_timeout, 300 s), so a connection is
+# closed as idle only after this long ([milter].timeout is libmilter's under "libmilter").
+IDLE_S = 7210
+_REPLY_CODE = re.compile(r"[45][0-9][0-9]")
+_XCODE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 
 # Return codes to reply packets (NOREPLY: nothing is sent).
 _REPLY = {
@@ -56,8 +67,9 @@ _REPLY = {
 # searched newest first by getsymval; a new MAIL FROM or an abort forgets the message's sets.
 _MACRO_SET = {b"C": 0, b"H": 1, b"M": 2, b"R": 3, b"T": 4, b"L": 5, b"N": 5, b"B": 6, b"E": 6}
 _MESSAGE_SETS = range(3, 7)
-# Commands a connection may send before it has negotiated.
+# Commands a connection may send before it has negotiated; commands only inside a message.
 _BEFORE_NEGOTIATION = {b"O", b"Q"}
+_IN_MESSAGE = {b"L", b"N", b"B", b"E"}
 
 
 class ProtocolError(Exception):
@@ -84,7 +96,8 @@ def _strings(data: bytes) -> list[bytes]:
 
 
 class Context:
-    """What Milter.Base calls as self._ctx: macros in, modifications and the reply out."""
+    """What Milter.Base calls as self._ctx: macros in, modifications and the reply out. Each
+    call refuses what libmilter's smfi_* refuses, with Milter.error."""
 
     def __init__(self, actions: int) -> None:
         self.priv: Any = None
@@ -92,6 +105,7 @@ class Context:
         self.macros: list[dict[str, str]] = [{} for _ in range(7)]
         self.modifications: list[bytes] = []
         self.reply: bytes | None = None
+        self.in_eom = False  # modifications are allowed only at end of message (mi_sendok)
 
     # ---- pymilter's milterContext, as Milter.Base uses it ----
     def setpriv(self, priv: Any) -> None:
@@ -113,39 +127,66 @@ class Context:
     def setreply(
         self, rcode: str, xcode: str | None = None, msg: str | None = None, *ml: str
     ) -> None:
+        """smfi_setreply / smfi_setmlreply's checks: a 4XX or 5XX code, an extended code of
+        the same class, no CR or LF, no line over 980 characters."""
+        if not _REPLY_CODE.fullmatch(rcode or ""):
+            raise Milter.error("cannot set reply: not a 4XX or 5XX code")
         lines = [msg or "", *ml]
+        if xcode is None and len(lines) > 1:
+            xcode = f"{rcode[0]}.0.0"
+        if xcode is not None and not (_XCODE.fullmatch(xcode) and xcode[0] == rcode[0]):
+            raise Milter.error("cannot set reply: a bad extended code")
+        if any("\r" in x or "\n" in x or len(x) > MAX_REPLY_LINE for x in lines):
+            raise Milter.error("cannot set reply: CR, LF or a line too long")
         code = f"{rcode} {xcode}" if xcode else rcode
         if len(lines) == 1:
             text = f"{code} {lines[0]}" if lines[0] else code
         else:
-            dash = f"{rcode}-{xcode}" if xcode else f"{rcode}-"
-            text = "\r\n".join([f"{dash} {x}" for x in lines[:-1]] + [f"{code} {lines[-1]}"])
-        if not (len(rcode) == 3 and rcode[0] in "45" and rcode.isdigit()):
-            raise Milter.error("cannot set reply")
+            text = "\r\n".join(
+                [f"{rcode}-{xcode} {x}" for x in lines[:-1]] + [f"{code} {lines[-1]}"]
+            )
         self.reply = _cstr(text)
 
+    def _modify(self, action: int, packet: bytes) -> None:
+        if not self.in_eom:
+            raise Milter.error("a modification outside end of message")
+        if not self.actions & action:
+            raise Milter.error("an action not negotiated")
+        self.modifications.append(packet)
+
     def addheader(self, field: str, value: str, idx: int = -1) -> None:
+        if not field:
+            raise Milter.error("cannot add header: no name")
         if idx < 0:
-            self.modifications.append(_packet(b"h", _cstr(field) + _cstr(value)))
+            self._modify(Milter.ADDHDRS, _packet(b"h", _cstr(field) + _cstr(value)))
         else:
-            self.modifications.append(
-                _packet(b"i", struct.pack("!I", idx) + _cstr(field) + _cstr(value))
-            )
+            packet = _packet(b"i", struct.pack("!I", idx) + _cstr(field) + _cstr(value))
+            self._modify(Milter.ADDHDRS, packet)
 
     def chgheader(self, field: str, idx: int, value: str | None) -> None:
-        self.modifications.append(
-            _packet(b"m", struct.pack("!I", idx) + _cstr(field) + _cstr(value or ""))
-        )
+        if not field or idx < 0:
+            raise Milter.error("cannot change header: no name, or a negative index")
+        packet = _packet(b"m", struct.pack("!I", idx) + _cstr(field) + _cstr(value or ""))
+        self._modify(Milter.CHGHDRS, packet)
 
     def quarantine(self, reason: str) -> None:
-        self.modifications.append(_packet(b"q", _cstr(reason)))
+        if not reason:
+            raise Milter.error("cannot quarantine: no reason")
+        self._modify(Milter.QUARANTINE, _packet(b"q", _cstr(reason)))
 
     def replacebody(self, body: bytes) -> None:
         for start in range(0, len(body), REPLY_CHUNK):
-            self.modifications.append(_packet(b"b", bytes(body[start : start + REPLY_CHUNK])))
+            self._modify(Milter.CHGBODY, _packet(b"b", bytes(body[start : start + REPLY_CHUNK])))
 
     def delrcpt(self, rcpt: str) -> None:
-        self.modifications.append(_packet(b"-", _cstr(rcpt)))
+        if not rcpt:
+            raise Milter.error("cannot remove a recipient: none named")
+        self._modify(Milter.DELRCPT, _packet(b"-", _cstr(rcpt)))
+
+    def _not_offered(self, *args: Any) -> None:
+        raise Milter.error("not offered by postwarden's transport (not negotiated)")
+
+    addrcpt = chgfrom = progress = _not_offered
 
 
 class Session:
@@ -156,6 +197,7 @@ class Session:
         self.ctx = Context(actions)
         self.milter: Any = None
         self.protocol = 0
+        self.in_message = False  # between MAIL and end of message or abort
 
     def handle(self, cmd: bytes, data: bytes) -> list[bytes] | None:
         """The packets to send back ([] for none); None: the MTA has quit."""
@@ -164,12 +206,18 @@ class Session:
         handler = _HANDLERS.get(cmd)
         if handler is None:
             raise ProtocolError(f"unknown command {cmd!r}")
+        if cmd in _IN_MESSAGE and not self.in_message:
+            raise ProtocolError(f"command {cmd!r} outside a message")
         return handler(self, data)
 
     def close(self) -> None:
+        """The connection's end: a message still open is aborted first, as libmilter does."""
         milter, self.milter = self.milter, None
         if milter is not None:
             try:
+                if self.in_message:
+                    self.in_message = False
+                    milter.abort()
                 milter.close()
             finally:
                 milter._setctx(None)
@@ -179,7 +227,12 @@ class Session:
         reply, self.ctx.reply = self.ctx.reply, None
         if rc == Milter.NOREPLY:
             return []
-        if reply is not None and rc in (Milter.REJECT, Milter.TEMPFAIL):
+        # libmilter sends the text set only with the answer of its class: a 5XX text with a
+        # tempfail would otherwise turn it into a rejection.
+        if reply is not None and (rc, reply[:1]) in (
+            (Milter.REJECT, b"5"),
+            (Milter.TEMPFAIL, b"4"),
+        ):
             return [_packet(b"y", reply)]
         return [_packet(_REPLY.get(rc, b"t"))]
 
@@ -196,13 +249,15 @@ class Session:
         if self.milter.negotiate(opts) != Milter.CONTINUE:
             opts[1] = 0
         self.protocol = self.milter._protocol = opts[1] & mta_protocol
-        body = struct.pack("!III", VERSION, self.ctx.actions, self.protocol)
+        # The MTA's own version when older (Postfix's milter_protocol): it refuses a newer one.
+        body = struct.pack("!III", min(VERSION, version), self.ctx.actions, self.protocol)
         return [_packet(b"O", body)]
 
     def _new_milter(self) -> None:
         milter = self.factory()
         milter._setctx(self.ctx)
         milter._protocol = self.protocol
+        milter._actions = self.ctx.actions
         self.milter = milter
 
     def _macros(self, data: bytes) -> list[bytes]:
@@ -237,6 +292,7 @@ class Session:
             raise ProtocolError("MAIL without a sender")
         for n in _MESSAGE_SETS:
             self.ctx.macros[n].clear()
+        self.in_message = True
         return self._answer(self.milter.envfrom_bytes(*args))
 
     def _rcpt(self, data: bytes) -> list[bytes]:
@@ -267,12 +323,18 @@ class Session:
         if data:
             self.milter.body(data)
         self.ctx.modifications = []
-        rc = self.milter.eom()
+        self.in_message = False
+        self.ctx.in_eom = True
+        try:
+            rc = self.milter.eom()
+        finally:
+            self.ctx.in_eom = False
         modifications, self.ctx.modifications = self.ctx.modifications, []
         # End of message is always answered (no NOREPLY for it in the protocol).
         return modifications + self._answer(Milter.CONTINUE if rc == Milter.NOREPLY else rc)
 
     def _abort(self, data: bytes) -> list[bytes]:
+        self.in_message = False
         self.milter.abort()
         for n in range(2, 7):
             self.ctx.macros[n].clear()
@@ -366,7 +428,8 @@ class _Connection(asyncio.Protocol):
                 if len(buf) < 4 + size:
                     break
                 cmd = bytes(buf[4:5])
-                payload = bytes(buf[5 : 4 + size])
+                with memoryview(buf) as view:
+                    payload = bytes(view[5 : 4 + size])  # one copy of a 64 KiB chunk, not two
                 del buf[: 4 + size]
                 answer = self.session.handle(cmd, payload)
                 if answer is None:
@@ -401,11 +464,13 @@ class _Connection(asyncio.Protocol):
 class Server:
     """Serves `spec` ("unix:/path" or "inet:PORT@HOST") on a thread of its own (serve)."""
 
-    def __init__(self, spec: str, factory: Callable[[], Any], actions: int, timeout: int) -> None:
+    def __init__(
+        self, spec: str, factory: Callable[[], Any], actions: int, idle: float = IDLE_S
+    ) -> None:
         self.spec = spec
         self.factory = factory
         self.actions = actions
-        self.timeout = timeout
+        self.idle = idle
         self.connections: set[_Connection] = set()
         self.listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -466,18 +531,19 @@ class Server:
             server.close()
             for conn in list(self.connections):
                 if conn.transport is not None:
-                    conn.transport.close()
+                    conn.transport.abort()
             await server.wait_closed()
 
     async def _sweep(self) -> None:
-        """libmilter's timeout: a connection silent that long is closed."""
+        """A connection silent for `idle` seconds is closed (aborted: a peer that no longer
+        reads would keep a graceful close waiting for ever)."""
         while True:
             await asyncio.sleep(1)
-            edge = time.monotonic() - self.timeout
+            edge = time.monotonic() - self.idle
             for conn in list(self.connections):
                 if conn.last < edge and conn.transport is not None:
-                    log.info("milter connection idle for %d s: closed", self.timeout)
-                    conn.transport.close()
+                    log.info("milter connection idle for %d s: closed", self.idle)
+                    conn.transport.abort()
 
     def stop(self) -> None:
         """From any thread: stop accepting, close every connection, end serve()."""
