@@ -96,11 +96,9 @@ def test_postwarden_reload_puts_no_key_through_openssl_s_check(
     assert checked == [False] * 4
 
 
-def test_no_command_parses_the_public_suffix_list_before_it_needs_it(tmp_path: Path) -> None:
-    """Parsing the bundled list costs about 60 ms of CPU (165 ms under a profiler). Three
-    modules built it at import, so every command paid it, `postwarden reload` among them on
-    the machine that carries the mail. Now only an alignment check, a report or the doctor
-    parses it, once per process; the milter does so at start."""
+def _probe(tmp_path: Path, code: str) -> list[str]:
+    """Run `code` in a fresh interpreter (nothing imported yet) beside a one-domain config,
+    whose path `{cfg}` names in it; its output's lines."""
     import subprocess
     import sys
 
@@ -108,20 +106,31 @@ def test_no_command_parses_the_public_suffix_list_before_it_needs_it(tmp_path: P
     cfg = write_config(
         tmp_path, '[domains."example.com"]\nkeys = [{ selector = "s", file = "k.key" }]\n'
     )
-    probe = (
-        "import sys\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code.replace("{cfg}", repr(str(cfg)))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split("\n")
+
+
+def test_no_command_parses_the_public_suffix_list_before_it_needs_it(tmp_path: Path) -> None:
+    """Parsing the bundled list costs about 60 ms of CPU (165 ms under a profiler). Three
+    modules built it at import, so every command paid it, `postwarden reload` among them on
+    the machine that carries the mail. Now only an alignment check, a report or the doctor
+    parses it, once per process; the milter does so at start."""
+    out = _probe(
+        tmp_path,
         "from postwarden import suffixes\n"
         "from postwarden.cli import main\n"
         "import postwarden.reports.summary, postwarden.dnsdoctor.doctor\n"
-        f"code = main(['--config', {str(cfg)!r}, 'reload'])\n"
+        "code = main(['--config', {cfg}, 'reload'])\n"
         "print(code, suffixes._list is None)\n"
         "from postwarden.policy.checks.identity import aligned\n"
         "print(aligned('mail.example.co.uk', 'example.co.uk', 'relaxed'),"
-        " suffixes._list is None)\n"
+        " suffixes._list is None)\n",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    ).stdout.split("\n")
     assert out[-3:] == ["75 True", "True False", ""]  # no daemon: exit 75, and the list unparsed
 
 
@@ -129,23 +138,14 @@ def test_postwarden_reload_loads_neither_the_engine_nor_the_writer(tmp_path: Pat
     """Imports were nearly all of the command's CPU (0.45 s of it; loading the policy takes
     13 ms). It needs the config loader and the daemon's status row, not the policy engine,
     the rate store or the decision writer that `from postwarden.store import ...` loaded."""
-    import subprocess
-    import sys
-
-    write_key(tmp_path / "policies" / "k.key")
-    cfg = write_config(
-        tmp_path, '[domains."example.com"]\nkeys = [{ selector = "s", file = "k.key" }]\n'
-    )
     heavy = ["postwarden.policy.engine", "postwarden.store.writer", "postwarden.store.rates"]
-    probe = (
+    out = _probe(
+        tmp_path,
         "import sys\n"
         "from postwarden.cli import main\n"
-        f"code = main(['--config', {str(cfg)!r}, 'reload'])\n"
+        "code = main(['--config', {cfg}, 'reload'])\n"
         f"print(code, [m for m in {heavy!r} if m in sys.modules])\n"
         "from postwarden.store import Writer, migrate, open_db\n"  # still there, when asked for
-        f"print([m for m in {heavy!r} if m in sys.modules] == {heavy!r})\n"
+        f"print([m for m in {heavy!r} if m in sys.modules] == {heavy!r})\n",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-    ).stdout.split("\n")
     assert out[-3:] == ["75 []", "True", ""]
