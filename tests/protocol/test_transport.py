@@ -144,9 +144,8 @@ def served(tmp_path: Path) -> Iterator[tuple[transport.Server, Path]]:
     Recorder.plan = []
     Recorder.eom_rc = Milter.ACCEPT
     path = tmp_path / "m.sock"
-    server = transport.Server(f"unix:{path}", Recorder, ACTIONS, idle=2)
-    bound = server.bind()
-    Path(bound[5:]).rename(path)
+    server = transport.Server(Recorder, ACTIONS, idle=2)
+    server.bind(f"unix:{path}")
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     yield server, path
@@ -318,8 +317,8 @@ def test_a_connection_silent_for_the_timeout_is_closed(
 
 def test_stop_closes_open_connections_and_ends_serve(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
-    server = transport.Server(f"unix:{path}", Recorder, ACTIONS)
-    Path(server.bind()[5:]).rename(path)
+    server = transport.Server(Recorder, ACTIONS)
+    server.bind(f"unix:{path}")
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     c = Client(path)
@@ -332,8 +331,8 @@ def test_stop_closes_open_connections_and_ends_serve(tmp_path: Path) -> None:
 
 def test_an_inet_socket_sets_no_delay(tmp_path: Path) -> None:
     """The spec's inet socket cost ~40 ms a message under libmilter (no TCP_NODELAY)."""
-    server = transport.Server("inet:0@127.0.0.1", Recorder, ACTIONS)
-    server.bind()
+    server = transport.Server(Recorder, ACTIONS)
+    server.bind("inet:0@127.0.0.1")
     assert server.listener is not None
     port = server.listener.getsockname()[1]
     thread = threading.Thread(target=server.serve, daemon=True)

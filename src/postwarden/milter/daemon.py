@@ -301,9 +301,9 @@ class Daemon:
         failure: list[BaseException] = []
         server: transport.Server | None = None
         if cfg.milter.transport == "python":
-            server = transport.Server(cfg.milter.socket, Milter.factory, ACTIONS)
+            server = transport.Server(Milter.factory, ACTIONS)
             try:
-                _open_python(server)
+                _open_python(server, cfg.milter.socket)
             except OSError as exc:
                 log.error("could not open %s: %s", cfg.milter.socket, exc)
                 self._shutdown(pidfile)
@@ -397,14 +397,26 @@ def _shared_secret(shared: RedisRateStore, local: str) -> str:
         return local
 
 
-def _open_python(server: transport.Server) -> None:
-    """The socket, bound under a temporary name and renamed into place once its group and mode
-    let Postfix in (as _open_libmilter)."""
-    bound = server.bind()
+def _temporary(spec: str) -> str:
+    """Where the socket is bound first. A unix socket is made under a temporary name and renamed
+    into place (_into_place) once its group and mode let Postfix in: the name Postfix connects
+    to appears only when it can be used (the race between the socket's creation and its chown
+    tempfailed the first messages). An inet socket is bound where it stays."""
+    final = _socket_path(spec)
+    return spec if final is None else f"unix:{final.parent / f'.{final.name}.{os.getpid()}'}"
+
+
+def _into_place(bound: str, spec: str) -> None:
     _open_socket_to_postfix(bound)
-    final = _socket_path(server.spec)
+    final = _socket_path(spec)
     if final is not None:
         os.replace(bound[5:], final)
+
+
+def _open_python(server: transport.Server, spec: str) -> None:
+    bound = _temporary(spec)
+    server.bind(bound)
+    _into_place(bound, spec)
 
 
 def _serve_python(server: transport.Server, failure: list[BaseException]) -> None:
@@ -428,13 +440,7 @@ def _open_libmilter(socket: str, timeout: int) -> None:
     libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
     libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
     libmilter.set_close_callback(Milter.close_callback)
-    # A unix socket is made under a temporary name and renamed into place once its group and
-    # mode let Postfix in: the name Postfix connects to appears only when it can be used (the
-    # race between the socket's creation and its chown tempfailed the first messages).
-    final = _socket_path(socket)
-    bound = socket
-    if final is not None:
-        bound = f"unix:{final.parent / f'.{final.name}.{os.getpid()}'}"
+    bound = _temporary(socket)
     libmilter.setconn(bound)
     libmilter.settimeout(timeout)
     libmilter.register(
@@ -448,9 +454,7 @@ def _open_libmilter(socket: str, timeout: int) -> None:
         libmilter.opensocket(True)
     finally:
         os.umask(old_umask)
-    _open_socket_to_postfix(bound)
-    if final is not None:
-        os.replace(bound[5:], final)
+    _into_place(bound, socket)
 
 
 def _wake(spec: str) -> None:

@@ -462,12 +462,9 @@ class _Connection(asyncio.Protocol):
 
 
 class Server:
-    """Serves `spec` ("unix:/path" or "inet:PORT@HOST") on a thread of its own (serve)."""
+    """Serves the socket bound ("unix:/path" or "inet:PORT@HOST") on a thread of its own."""
 
-    def __init__(
-        self, spec: str, factory: Callable[[], Any], actions: int, idle: float = IDLE_S
-    ) -> None:
-        self.spec = spec
+    def __init__(self, factory: Callable[[], Any], actions: int, idle: float = IDLE_S) -> None:
         self.factory = factory
         self.actions = actions
         self.idle = idle
@@ -478,36 +475,30 @@ class Server:
         self._stopping: asyncio.Event | None = None
         self._stop_requested = False
 
-    def bind(self) -> str:
-        """Bind and listen; a unix socket under a temporary name, returned (the caller sets
-        its owner and mode, then renames it into place: Postfix sees it only when usable)."""
-        if self.spec.startswith("unix:"):
-            final = self.spec[5:]
-            bound = os.path.join(
-                os.path.dirname(final), f".{os.path.basename(final)}.{os.getpid()}"
-            )
+    def bind(self, spec: str) -> None:
+        """Bind `spec` and listen (a unix socket with mode 0660 at most; the daemon binds it
+        under a temporary name and renames it into place, milter/daemon.py's _temporary)."""
+        if spec.startswith("unix:"):
+            path = spec[5:]
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(bound)
+                os.unlink(path)
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o117)
             try:
-                listener.bind(bound)
+                listener.bind(path)
             finally:
                 os.umask(old_umask)
-            name = f"unix:{bound}"
         else:
-            kind, _, rest = self.spec.partition(":")
+            kind, _, rest = spec.partition(":")
             port, _, host = rest.partition("@")
             family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
             info = socket.getaddrinfo(host, int(port), family, socket.SOCK_STREAM)[0]
             listener = socket.socket(info[0], socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind(info[4])
-            name = self.spec
         listener.listen(128)
         listener.setblocking(False)
         self.listener = listener
-        return name
 
     def serve(self) -> None:
         try:
