@@ -5,6 +5,8 @@ OpenDKIM (`opendkim -t`). The module runs twice, once per [milter].transport."""
 from __future__ import annotations
 
 import base64
+import grp
+import stat
 from collections.abc import Iterator
 from email.message import Message
 
@@ -210,3 +212,9 @@ def test_the_transport_configured_is_the_one_serving(signing_stack: Stack) -> No
     # The other never started in this module's milter.
     other = {"python": "libmilter", "libmilter": "python"}[named]
     assert f"({other} transport)" not in log
+    # A local user must not reach the milter: the socket is group postfix, mode 0660, under
+    # either transport, and no temporary name is left beside it.
+    sock = signing_stack.sandbox.socket_path
+    st = sock.stat()
+    assert (grp.getgrgid(st.st_gid).gr_name, stat.S_IMODE(st.st_mode)) == ("postfix", 0o660)
+    assert [p.name for p in sock.parent.iterdir() if p.name.startswith(f".{sock.name}.")] == []
