@@ -6,7 +6,9 @@ its own milter process on its own socket and database; Postfix is switched from 
 next between blasts (bench/run.py's set-up, messages and load). OpenDKIM runs beside them
 unless --no-opendkim. Per blast: msg/s, the whole machine's busy share, the milter's CPU per
 message and, from the variant's decision rows, the decision time's p50 and p99. Then the
-median of each, and each variant's msg/s against OpenDKIM's or the first variant's.
+median of each, and each variant's msg/s against OpenDKIM's or the first variant's. The CPU
+column sums every process in the milter's process group, so a variant that forks worker
+processes is charged for all of them.
 
 On a shared 2-core machine one blast's msg/s varies by 20 % or more from the next: compare
 medians over several repetitions, and CPU per message rather than msg/s for small changes.
@@ -109,6 +111,19 @@ class Variant:
             return sorted(float(r[0]) for r in rows)
 
 
+def group_cpu_ms(pgid: int) -> float:
+    """CPU of every process in the group (a milter with worker processes)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid or stat.parent.name == str(pgid):
+            total += (int(fields[11]) + int(fields[12])) * 1000 / B.TICKS
+    return total
+
+
 def switch(bench: B.Bench, socket: str) -> None:
     settings = [
         f"smtpd_milters = {socket}",
@@ -193,13 +208,13 @@ def main() -> int:
                         pid = v.proc.pid
                         switch(bench, f"unix:{v.socket}")
                         first = v.last_id()
-                    cpu0, busy0 = B.cpu_ms(pid), B.busy_ticks()
+                    cpu0, busy0 = group_cpu_ms(pid), B.busy_ticks()
                     seconds = bench.blast(bench.files[size], args.messages, args.sessions)
                     busy1 = B.busy_ticks()
                     row = {
                         "msg_s": args.messages / seconds,
                         "busy": (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1) * 100,
-                        "cpu": (B.cpu_ms(pid) - cpu0) / args.messages,
+                        "cpu": (group_cpu_ms(pid) - cpu0) / args.messages,
                     }
                     if v is not None:
                         time.sleep(1)  # the writer commits

@@ -16,7 +16,8 @@ With --against REV (a git revision), the same driver also runs that revision's p
 (its src/ from a worktree of REV) in alternating child processes, so this tree and REV are
 compared side by side in one run; --write puts the table in docs/benchmarks.md.
 
-Environment: BENCH_CPU_MESSAGES (2000), BENCH_CPU_REPS (5, with --against).
+Environment: BENCH_CPU_MESSAGES (2000), BENCH_CPU_REPS (5, with --against), BENCH_CPU_SORT
+(tottime; or cumulative: --profile's order).
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def measure(shape: str, profile: bool, top: int) -> float:
         if prof is not None:
             out = io.StringIO()
             stats: Any = pstats.Stats(prof, stream=out)
-            stats.sort_stats("tottime").print_stats(top)
+            stats.sort_stats(os.environ.get("BENCH_CPU_SORT", "tottime")).print_stats(top)
             print(out.getvalue(), file=sys.stderr)
     finally:
         daemon.writer.flush_and_stop()
